@@ -1,0 +1,157 @@
+"""Validated parameters of one task (``conf/base/parameters_<task>.yml``).
+
+Every section is a pydantic model that forbids unknown keys, so a typo or an out-of-range value
+fails with a message naming the key before any data is read or any training starts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .data import SOURCES
+from .models import MODELS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Section):
+    source: Literal[SOURCES]  # type: ignore[valid-type]
+    root: str = "data/01_raw"
+    download: bool = True
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="only for sources without a test split")
+    max_train: int | None = Field(None, ge=1)
+
+
+class ModelParams(_Section):
+    name: str
+    kwargs: dict = {}
+    input_shape: list[int] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+        return name
+
+    @field_validator("kwargs")
+    @classmethod
+    def _positive_widths(cls, kwargs: dict) -> dict:
+        for key, value in kwargs.items():
+            if "width" in key and isinstance(value, int) and value < 1:
+                raise ValueError(f"model width {key}={value} must be >= 1")
+        return kwargs
+
+
+class FitParams(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    augment: Literal["none", "crop_flip"] = "none"
+    progress: bool = True
+
+
+class PermuteParams(_Section):
+    enabled: bool = True
+    solver: Literal["local_search", "simulated_annealing", "lin_kernighan", "record_to_record"] = "local_search"
+    time_limit: float | None = Field(None, gt=0.0)
+    seed: int = 0
+
+
+def _check_compression(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"compression must be in [0, 1) (a fraction of channels removed), got {value}")
+    return value
+
+
+class MorphParams(_Section):
+    generated: str | list[str] = "all"
+    morphable: str | list[str] = "all"
+    compression_range: tuple[float, float] = (0.0, 0.5)
+
+    @field_validator("compression_range")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = (_check_compression(v) for v in value)
+        if low > high:
+            raise ValueError(f"compression_range must be [low, high] with low <= high, got {list(value)}")
+        return value
+
+
+class INRParams(_Section):
+    num_frequencies: int = Field(12, ge=1, le=24)
+    hidden: int = Field(256, ge=1)
+    depth: int = Field(5, ge=0)
+
+
+class TrainINRParams(FitParams):
+    coord_noise: float = Field(1.0, ge=0.0)
+    lambda_recon: float = Field(1.0, ge=0.0)
+    lambda_reg: float = Field(1e-4, ge=0.0)
+    validation_compressions: list[float] = Field([0.0, 0.25, 0.5], min_length=1)
+
+    @field_validator("validation_compressions")
+    @classmethod
+    def _compressions(cls, value: list[float]) -> list[float]:
+        return [_check_compression(v) for v in value]
+
+
+class SampleParams(_Section):
+    compressions: list[float] = Field(min_length=1)
+    samples: int = Field(50, ge=1, description="K, noisy copies averaged per coordinate")
+    noise: float = Field(1.0, ge=0.0)
+    seed: int = 0
+
+    @field_validator("compressions")
+    @classmethod
+    def _compressions(cls, value: list[float]) -> list[float]:
+        return [_check_compression(v) for v in value]
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(1000, ge=1)
+
+
+class TaskParams(_Section):
+    seed: int = 0
+    device: str = "auto"
+    data: DataParams
+    model: ModelParams
+    pretrain: FitParams
+    permute: PermuteParams = PermuteParams()
+    morph: MorphParams = MorphParams()
+    inr: INRParams = INRParams()
+    train_inr: TrainINRParams
+    sample: SampleParams
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _device(self) -> TaskParams:
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        return self
+
+
+def validate_task(task: str, params: dict) -> TaskParams:
+    """Parse one task's parameters; the error names the task and every offending key."""
+    from pydantic import ValidationError
+
+    try:
+        return TaskParams.model_validate(params)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {task}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ValueError(
+            f"invalid parameters for task {task!r} (conf/base/parameters_{task}.yml):\n{problems}"
+        ) from None

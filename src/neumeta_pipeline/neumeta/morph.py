@@ -1,0 +1,241 @@
+"""Which tensors of a network the hypernetwork generates, and how a width configuration maps onto them.
+
+A ``MorphSpec`` is derived from the channel groups of a (fused) network: the user names the
+modules whose weights are generated and the channel groups whose width changes (glob patterns or
+``"all"``). One compression ratio gamma sets every morphable group to
+``max(1, round((1 - gamma) * full_size))`` channels, keeping the first channels of the permuted
+order. Tensors outside the generated set that touch a morphable group are sliced the same way, so
+any traceable network can be run at any width through ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .graph import ChannelGroup, channel_groups, channel_index
+
+GENERATABLE = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One generated tensor: a weight viewed as (out channels, in channels, kernel) or a bias."""
+
+    name: str  # state-dict key, e.g. "layer3.2.conv1.weight"
+    module: str
+    layer: int  # index of its module among the generated modules (the INR's layer coordinate)
+    kind: str  # "weight" or "bias"
+    full_shape: tuple[int, ...]
+    transposed: bool  # ConvTranspose stores (in, out, k...) instead of (out, in, k...)
+    out_group: str | None  # channel group of the output channels (None: fixed, e.g. the logits)
+    in_group: str | None
+    in_block: int  # consecutive input indices per input channel (flatten into a Linear layer)
+
+    @property
+    def full_out(self) -> int:
+        return self.full_shape[1 if self.transposed else 0]
+
+    @property
+    def full_in(self) -> int:
+        """Input channels (not columns) of the weight; 1 for a bias."""
+        if self.kind == "bias":
+            return 1
+        return self.full_shape[0 if self.transposed else 1] // self.in_block
+
+    @property
+    def kernel(self) -> int:
+        """Values the INR predicts per (out, in) coordinate: kernel elements times the block."""
+        if self.kind == "bias":
+            return 1
+        return math.prod(self.full_shape[2:]) * self.in_block
+
+
+class MorphSpec:
+    """The generated tensors and morphable channel groups of one network."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        generated: str | list[str] = "all",
+        morphable: str | list[str] = "all",
+        groups: list[ChannelGroup] | None = None,
+    ) -> None:
+        self.groups = groups if groups is not None else channel_groups(model, example_input)
+        modules = dict(model.named_modules())
+        candidates = [name for name, m in modules.items() if isinstance(m, GENERATABLE)]
+        gen_modules = _select(candidates, generated, "generated modules")
+        for name in gen_modules:
+            if getattr(modules[name], "groups", 1) != 1:
+                raise ValueError(f"cannot generate {name}: grouped/depthwise convolutions are not supported by the INR")
+
+        by_member = {(m.tensor, m.dim): (g, m) for g in self.groups for m in g.members}
+        group_names = [g.name for g in self.groups if g.permutable]
+        touched = set()
+        self.tensors: list[TensorSpec] = []
+        for layer, name in enumerate(gen_modules):
+            module = modules[name]
+            transposed = isinstance(module, nn.ConvTranspose2d)
+            for kind in ("weight", "bias"):
+                tensor = getattr(module, kind)
+                if tensor is None:
+                    continue
+                key = f"{name}.{kind}"
+                out_dim = 1 if (transposed and kind == "weight") else 0
+                out_group = by_member.get((key, out_dim))
+                in_group, block = None, 1
+                if kind == "weight":
+                    found = by_member.get((key, 0 if transposed else 1))
+                    if found is not None:
+                        group, member = found
+                        if member.start != 0 or member.block * group.size != tensor.shape[0 if transposed else 1]:
+                            raise ValueError(
+                                f"cannot generate {key}: its input channels come from a concatenation "
+                                f"(group {group.name!r}); generate the layers on either side instead"
+                            )
+                        in_group, block = group, member.block
+                spec = TensorSpec(
+                    name=key,
+                    module=name,
+                    layer=layer,
+                    kind=kind,
+                    full_shape=tuple(tensor.shape),
+                    transposed=transposed,
+                    out_group=out_group[0].name if out_group and out_group[0].permutable else None,
+                    in_group=in_group.name if in_group is not None and in_group.permutable else None,
+                    in_block=block,
+                )
+                touched.update(g for g in (spec.out_group, spec.in_group) if g)
+                self.tensors.append(spec)
+        self.num_layers = len(gen_modules)
+        self.morphable = _select([g for g in group_names if g in touched], morphable, "morphable channel groups")
+        sizes = {g.name: g.size for g in self.groups}
+        self.full_widths = {name: sizes[name] for name in self.morphable}
+        # N, the constant that normalises size coordinates: the widest channel count generated.
+        self.norm = max(max(t.full_out, t.full_in) for t in self.tensors)
+        self.generated_modules = gen_modules
+
+    def widths(self, compression: float) -> dict[str, int]:
+        """Channel counts of every morphable group at compression ``gamma`` in [0, 1)."""
+        if not 0.0 <= compression < 1.0:
+            raise ValueError(f"compression must be in [0, 1), got {compression}")
+        return {name: max(1, round((1.0 - compression) * full)) for name, full in self.full_widths.items()}
+
+    def channels(self, spec: TensorSpec, widths: dict[str, int]) -> tuple[int, int]:
+        """(out channels, in channels) of a generated tensor at ``widths``."""
+        out = widths.get(spec.out_group, spec.full_out) if spec.out_group else spec.full_out
+        inp = widths.get(spec.in_group, spec.full_in) if spec.in_group else spec.full_in
+        return out, inp
+
+    def frozen_tensors(self, model: nn.Module, widths: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Parameters and buffers that are not generated, sliced to ``widths`` where they touch a
+        morphable group (e.g. a frozen consumer of a generated layer's channels)."""
+        generated = {t.name for t in self.tensors}
+        state = {k: v for k, v in _named_tensors(model).items() if k not in generated}
+        for group in self.groups:
+            width = widths.get(group.name)
+            if width is None or width == group.size:
+                continue
+            keep = torch.arange(width)
+            for member in group.members:
+                if member.tensor in state:
+                    index = channel_index(member, keep).to(state[member.tensor].device)
+                    state[member.tensor] = state[member.tensor].index_select(member.dim, index)
+        return state
+
+    def run(self, model: nn.Module, widths: dict[str, int], weights: dict[str, torch.Tensor], x: torch.Tensor):
+        """Forward ``x`` through ``model`` at ``widths`` with the generated ``weights`` (no in-place writes)."""
+        return functional_call(model, {**self.frozen_tensors(model, widths), **weights}, (x,))
+
+    def to_dict(self) -> dict:
+        return {
+            "tensors": [asdict(t) for t in self.tensors],
+            "morphable": list(self.morphable),
+            "full_widths": dict(self.full_widths),
+            "num_layers": self.num_layers,
+            "norm": self.norm,
+            "groups": [g.to_dict() for g in self.groups],
+            "generated_modules": list(self.generated_modules),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MorphSpec:
+        spec = cls.__new__(cls)
+        spec.tensors = [TensorSpec(**{**t, "full_shape": tuple(t["full_shape"])}) for t in data["tensors"]]
+        spec.morphable = list(data["morphable"])
+        spec.full_widths = {k: int(v) for k, v in data["full_widths"].items()}
+        spec.num_layers = int(data["num_layers"])
+        spec.norm = int(data["norm"])
+        spec.groups = [ChannelGroup.from_dict(g) for g in data["groups"]]
+        spec.generated_modules = list(data["generated_modules"])
+        return spec
+
+
+def resize(model: nn.Module, groups: list[ChannelGroup], widths: dict[str, int]) -> nn.Module:
+    """A standalone copy of ``model`` keeping the first ``widths[g]`` channels of each named group;
+    module attributes (``out_channels``, ``in_features``, ...) follow the new shapes."""
+    known = {g.name: g for g in groups}
+    unknown = set(widths) - set(known)
+    if unknown:
+        raise ValueError(f"unknown channel groups {sorted(unknown)}; known: {sorted(known)}")
+    model = copy.deepcopy(model)
+    tensors = _named_tensors(model)
+    for name, width in widths.items():
+        group = known[name]
+        if not 1 <= width <= group.size:
+            raise ValueError(f"width of {name} must be in [1, {group.size}], got {width}")
+        keep = torch.arange(width)
+        for member in group.members:
+            t = tensors[member.tensor]
+            tensors[member.tensor] = t.index_select(member.dim, channel_index(member, keep).to(t.device))
+    _assign(model, tensors)
+    return model
+
+
+def _assign(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put resized tensors back into ``model`` and update the shape attributes of its layers."""
+    for key, value in tensors.items():
+        owner_name, _, attr = key.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(value.detach().clone(), requires_grad=owner._parameters[attr].requires_grad)
+        else:
+            owner._buffers[attr] = value.detach().clone()
+    for module in model.modules():
+        if isinstance(module, nn.ConvTranspose2d):
+            module.in_channels = module.weight.shape[0]
+            module.out_channels = module.weight.shape[1] * module.groups
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            module.out_channels = module.weight.shape[0]
+            module.in_channels = module.weight.shape[1] * module.groups
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _select(candidates: list[str], patterns: str | list[str], what: str) -> list[str]:
+    """Names among ``candidates`` that match any glob pattern (``"all"`` takes every candidate).
+    A pattern that matches nothing is an error: a typo must not silently shrink the selection."""
+    if patterns == "all":
+        return list(candidates)
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen = []
+    for pattern in patterns:
+        hits = [c for c in candidates if fnmatch.fnmatchcase(c, pattern)]
+        if not hits:
+            raise ValueError(f"{what}: {pattern!r} matches none of {candidates}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return [c for c in candidates if c in chosen]

@@ -1,0 +1,41 @@
+"""Turn a trained INR into standalone networks: K-sample averaged weights for a width, written
+into a resized copy of the target network that runs without the INR."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .inr import NeuMetaINR
+from .morph import MorphSpec, resize
+
+
+@torch.no_grad()
+def sample_model(
+    inr: NeuMetaINR,
+    target: nn.Module,
+    widths: dict[str, int],
+    samples: int,
+    noise: float,
+    seed: int,
+) -> nn.Module:
+    """The network at ``widths`` with the INR's weights averaged over ``samples`` noisy coordinates."""
+    if samples < 1:
+        raise ValueError(f"samples (K) must be >= 1, got {samples}")
+    generator = torch.Generator().manual_seed(seed)
+    weights = inr.generate(widths, noise=noise if samples > 1 else 0.0, samples=samples, generator=generator)
+    model = resize(target, inr.spec.groups, widths)
+    state = model.state_dict()
+    for name, value in weights.items():
+        if state[name].shape != value.shape:
+            raise RuntimeError(f"generated {name} has shape {tuple(value.shape)}, the network expects {tuple(state[name].shape)}")
+        state[name] = value
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_inr(checkpoint: dict) -> NeuMetaINR:
+    """Rebuild a trained INR from the checkpoint ``train_inr`` writes."""
+    inr = NeuMetaINR(MorphSpec.from_dict(checkpoint["spec"]), **checkpoint["inr_config"])
+    inr.load_state_dict(checkpoint["state_dict"])
+    return inr.eval()

@@ -1,0 +1,195 @@
+"""One training loop for everything this project trains (pretrained networks and INRs), and the
+NeuMeta objective that plugs into it.
+
+``fit`` owns what every run needs: AdamW or SGD, linear warm-up then cosine decay, gradient
+clipping, an EMA copy, validation-based model selection (never the test set) and a progress bar.
+What differs between tasks is the ``objective``: a function from a batch to a loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from ..data import DeviceData
+from .inr import NeuMetaINR
+from .morph import MorphSpec
+
+
+@dataclass
+class FitConfig:
+    epochs: int
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9, nesterov)
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    augment: str = "none"
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    best: nn.Module  # the selected module (EMA copy when EMA is on), on the training device
+    history: list[dict]
+    best_epoch: int
+    best_score: float
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, torch (CPU and CUDA) and return a CPU generator for data order and sampling."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was requested but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def fit(
+    module: nn.Module,
+    objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    train: DeviceData,
+    validate: Callable[[nn.Module], float],
+    config: FitConfig,
+    generator: torch.Generator,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``module``'s parameters on ``objective``; return the copy with the best validation score.
+
+    ``validate`` gets the module to score (the EMA copy when EMA is on) and returns higher-is-better.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'adamw' or 'sgd'")
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    ema = None
+    if config.ema_decay is not None:
+        ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    scored = ema.module if ema is not None else module
+
+    history: list[dict] = []
+    best_state, best_score, best_epoch = None, -math.inf, -1
+    bar = tqdm(total=total, desc=desc, disable=not config.progress, leave=False)
+    for epoch in range(config.epochs):
+        module.train()
+        start, losses = time.perf_counter(), []
+        for x, y in train.batches(config.batch_size, generator, config.augment):
+            loss, _ = objective(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(module)
+            losses.append(loss.detach())
+            bar.update()
+        scored.eval()
+        with torch.no_grad():
+            score = float(validate(scored))
+        train_loss = float(torch.stack(losses).mean())
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_score": score,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}")
+        if score > best_score:
+            best_score, best_epoch = score, epoch + 1
+            best_state = copy.deepcopy(scored.state_dict())
+    bar.close()
+    best = copy.deepcopy(scored)
+    best.load_state_dict(best_state)
+    best.eval()
+    return FitResult(best=best, history=history, best_epoch=best_epoch, best_score=best_score)
+
+
+def classification_objective(model: nn.Module) -> Callable:
+    def objective(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        loss = F.cross_entropy(model(x), y)
+        return loss, {"task": loss.detach()}
+
+    return objective
+
+
+@dataclass
+class NeuMetaLoss:
+    """Task loss at a sampled width + lambda_recon * reconstruction at full width + lambda_reg * L2."""
+
+    inr: NeuMetaINR
+    target: nn.Module  # the permuted, fused full-width network (frozen)
+    spec: MorphSpec
+    compression_range: tuple[float, float]
+    coord_noise: float
+    lambda_recon: float
+    lambda_reg: float
+    generator: torch.Generator
+
+    def __post_init__(self) -> None:
+        self.full = self.spec.widths(0.0)
+        names = {t.name for t in self.spec.tensors}
+        state = {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}
+        # Reconstruction compares in the INR's output space (weights times fan-in), where every
+        # tensor has a comparable O(1) scale regardless of its width.
+        self.recon_targets = {n: self.inr.scaled_target(n, state[n].detach()) for n in names}
+        self.recon_scale = {t.name: (1.0 if t.kind == "bias" else float(t.full_in)) for t in self.spec.tensors}
+
+    def sample_widths(self) -> dict[str, int]:
+        low, high = self.compression_range
+        gamma = low + (high - low) * float(torch.rand((), generator=self.generator))
+        return self.spec.widths(gamma)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        widths = self.sample_widths()
+        weights = self.inr.generate(widths, noise=self.coord_noise, generator=self.generator)
+        task = F.cross_entropy(self.spec.run(self.target, widths, weights, x), y)
+        loss, logs = task, {"task": task.detach()}
+        if self.lambda_recon > 0:
+            full = weights if widths == self.full else self.inr.generate(self.full, noise=self.coord_noise, generator=self.generator)
+            recon = torch.stack(
+                [F.mse_loss(w * self.recon_scale[n], self.recon_targets[n]) for n, w in full.items()]
+            ).mean()
+            loss = loss + self.lambda_recon * recon
+            logs["recon"] = recon.detach()
+        if self.lambda_reg > 0:
+            reg = torch.stack([w.norm() for w in weights.values()]).sum()
+            loss = loss + self.lambda_reg * reg
+            logs["reg"] = reg.detach()
+        return loss, logs

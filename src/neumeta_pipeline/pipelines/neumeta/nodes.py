@@ -1,0 +1,246 @@
+"""Thin Kedro nodes: parse parameters, call the library, return catalog artifacts."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # nodes run headless; a chart is a file, never a window
+import matplotlib.pyplot as plt
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from ...config import (
+    DataParams,
+    EvaluateParams,
+    FitParams,
+    INRParams,
+    ModelParams,
+    MorphParams,
+    PermuteParams,
+    SampleParams,
+    TrainINRParams,
+)
+from ...data import DeviceData, load_source, make_splits
+from ...models import build_model
+from ...models.checkpoint import example_input, load_model, model_checkpoint
+from ...neumeta import fuse, graph, permute
+from ...neumeta.inr import NeuMetaINR
+from ...neumeta.metrics import accuracy, count_params_and_macs, weight_norm
+from ...neumeta.morph import MorphSpec
+from ...neumeta.sample import load_inr, sample_model
+from ...neumeta.train import FitConfig, NeuMetaLoss, classification_objective, fit, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(data: dict, seed: int) -> dict:
+    """Read the task's images (downloading when allowed) and split train/validation/test."""
+    params = DataParams.model_validate(data)
+    arrays = load_source(params.source, params.root, params.download)
+    splits = make_splits(arrays, params.val_fraction, params.test_fraction, seed, params.max_train)
+    log.info(
+        "data %s: %d train, %d validation, %d test images",
+        params.source, len(splits["y_train"]), len(splits["y_val"]), len(splits["y_test"]),
+    )
+    return splits
+
+
+def pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str) -> tuple[dict, list[dict]]:
+    """Train the full-width network that NeuMeta starts from; the best validation epoch is kept."""
+    arch = ModelParams.model_validate(model).model_dump()
+    config = FitConfig(**FitParams.model_validate(pretrain).model_dump())
+    dev = resolve_device(device)
+    generator = seed_everything(seed)
+    net = build_model(arch["name"], **arch["kwargs"]).to(dev)
+    _check_labels(splits, net, example_input(arch).to(dev))
+    train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
+    result = fit(net, classification_objective(net), train, lambda m: accuracy(m, val), config, generator, "pretrain")
+    log.info("pretrained %s: best validation accuracy %.4f at epoch %d", arch["name"], result.best_score, result.best_epoch)
+    return model_checkpoint(result.best, arch, val_accuracy=result.best_score), result.history
+
+
+def extract_dependency_graph(pretrained_model: dict) -> dict:
+    """Channel groups of the pretrained network: which tensor slices share one permutation/width."""
+    net = load_model(pretrained_model)
+    groups = graph.channel_groups(net, example_input(pretrained_model["arch"]))
+    return {"arch": pretrained_model["arch"], "groups": [g.to_dict() for g in groups]}
+
+
+def permute_weights(pretrained_model: dict, dependency_graph: dict, permute_params: dict) -> tuple[dict, dict]:
+    """Reorder channels along a shortest Hamiltonian path per group; the function is unchanged."""
+    params = PermuteParams.model_validate(permute_params)
+    net = load_model(pretrained_model)
+    groups = [graph.ChannelGroup.from_dict(g) for g in dependency_graph["groups"]]
+    if not params.enabled:
+        report = {"enabled": False, "tv_before": permute.total_variation(net, groups)}
+        report["tv_after"] = report["tv_before"]
+        return model_checkpoint(net, pretrained_model["arch"]), report
+    permuted, report = permute.smooth(
+        net, example_input(pretrained_model["arch"]), seed=params.seed, solver=params.solver,
+        time_limit=params.time_limit, groups=groups,
+    )
+    log.info("permutation: total variation %.4g -> %.4g", report["tv_before"], report["tv_after"])
+    return model_checkpoint(permuted, pretrained_model["arch"]), {"enabled": True, **report}
+
+
+def fuse_batchnorm(permuted_model: dict) -> dict:
+    """Fold every BatchNorm into the layer before it, so only conv/linear tensors are generated."""
+    fused = fuse.fuse_batchnorm(load_model(permuted_model))
+    return model_checkpoint(fused, permuted_model["arch"], fused=True)
+
+
+def train_inr(
+    fused_model: dict, splits: dict, morph: dict, inr: dict, train_inr: dict, seed: int, device: str
+) -> tuple[dict, list[dict]]:
+    """Fit the hypernetwork: task loss at sampled widths, reconstruction at full width, L2."""
+    morph_p, inr_p = MorphParams.model_validate(morph), INRParams.model_validate(inr)
+    train_p = TrainINRParams.model_validate(train_inr)
+    dev = resolve_device(device)
+    generator = seed_everything(seed)
+    target = load_model(fused_model).to(dev)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    spec = MorphSpec(target, example_input(fused_model["arch"]).to(dev), morph_p.generated, morph_p.morphable)
+    hyper = NeuMetaINR(spec, **inr_p.model_dump()).to(dev)
+    loss = NeuMetaLoss(
+        hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
+        train_p.lambda_recon, train_p.lambda_reg, generator,
+    )
+    fit_fields = set(FitParams.model_fields)
+    config = FitConfig(**{k: v for k, v in train_p.model_dump().items() if k in fit_fields})
+    train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
+    val_widths = [spec.widths(g) for g in train_p.validation_compressions]
+
+    def validate(module: NeuMetaINR) -> float:
+        # Mean validation accuracy over a few seen widths, without noise (fast, deterministic).
+        scores = []
+        for widths in val_widths:
+            weights = module.generate(widths)
+            scores.append(accuracy(lambda x: spec.run(target, widths, weights, x), val))
+        return sum(scores) / len(scores)
+
+    result = fit(hyper, loss, train, validate, config, generator, "train_inr")
+    log.info("INR: best mean validation accuracy %.4f at epoch %d", result.best_score, result.best_epoch)
+    checkpoint = {
+        "spec": spec.to_dict(),
+        "inr_config": inr_p.model_dump(),
+        "state_dict": {k: v.detach().cpu() for k, v in result.best.state_dict().items()},
+        "val_score": result.best_score,
+        "best_epoch": result.best_epoch,
+        "generated_parameters": sum(math.prod(t.full_shape) for t in spec.tensors),
+        "inr_parameters": sum(p.numel() for p in hyper.parameters()),
+    }
+    return checkpoint, result.history
+
+
+def sample_weights(inr_checkpoint: dict, fused_model: dict, sample: dict) -> dict:
+    """A standalone network per requested compression, from K-sample averaged INR weights."""
+    params = SampleParams.model_validate(sample)
+    hyper = load_inr(inr_checkpoint)
+    target = load_model(fused_model)
+    models = {}
+    for gamma in params.compressions:
+        widths = hyper.spec.widths(gamma)
+        net = sample_model(hyper, target, widths, params.samples, params.noise, params.seed)
+        models[f"{gamma:g}"] = model_checkpoint(
+            net, fused_model["arch"], fused=True, widths=widths, compression=gamma, samples=params.samples
+        )
+    return models
+
+
+def evaluate(
+    sampled_models: dict, pretrained_model: dict, splits: dict, morph: dict, evaluate_params: dict, task: str
+) -> tuple[dict, pd.DataFrame, go.Figure, plt.Figure]:
+    """Test accuracy, parameters and MACs of every sampled width next to the pretrained network."""
+    params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
+    low, high = morph_p.compression_range
+    test = DeviceData(splits, "test", "cpu")
+    x0 = example_input(pretrained_model["arch"])
+    base = load_model(pretrained_model)
+    base_params, base_macs = count_params_and_macs(base, x0)
+    rows = [_row(task, "pretrained", 0.0, True, {}, accuracy(base, test, params.batch_size), base_params, base_macs, base_params, base_macs)]
+    norms = {}
+    for key, checkpoint in sampled_models.items():
+        net = load_model(checkpoint)
+        gamma = float(checkpoint["compression"])
+        n_params, n_macs = count_params_and_macs(net, x0)
+        norms[key] = weight_norm(net)
+        rows.append(
+            _row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
+                 accuracy(net, test, params.batch_size), n_params, n_macs, base_params, base_macs)
+        )
+    table = pd.DataFrame(rows)
+    alarms = _collapse_alarms(table[table.method == "neumeta"], norms, weight_norm(base))
+    for alarm in alarms:
+        log.warning("COLLAPSE ALARM (%s): %s", task, alarm)
+    metrics = {
+        "task": task,
+        "pretrained_accuracy": rows[0]["accuracy"],
+        "results": table[table.method == "neumeta"].to_dict(orient="records"),
+        "collapse_alarms": alarms,
+    }
+    return metrics, table, _plotly_chart(table, task, (low, high)), _png_chart(table, task, (low, high))
+
+
+def _check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        classes = net.eval()(x).shape[1]
+    top = int(max(splits["y_train"].max(), splits["y_test"].max()))
+    if top >= classes:
+        raise ValueError(f"labels go up to {top} but the model has {classes} outputs: set model.kwargs.num_classes")
+
+
+def _row(task, method, gamma, seen, widths, acc, n_params, n_macs, base_params, base_macs) -> dict:
+    return {
+        "task": task,
+        "method": method,
+        "compression": gamma,
+        "seen_in_training": bool(seen),
+        "widths": ",".join(f"{k}={v}" for k, v in widths.items()) or "full",
+        "accuracy": acc,
+        "params": n_params,
+        "macs": n_macs,
+        "params_reduction": 1.0 - n_params / base_params,
+        "macs_reduction": 1.0 - n_macs / base_macs,
+    }
+
+
+def _collapse_alarms(rows: pd.DataFrame, norms: dict, base_norm: float) -> list[str]:
+    """The collapse signature: one accuracy at every width, or generated weights that vanish."""
+    alarms = []
+    if len(rows) > 1 and rows.accuracy.nunique() == 1:
+        alarms.append(f"every width has accuracy {rows.accuracy.iloc[0]:.4f}: the generated part may have collapsed to an identity")
+    for key, norm in norms.items():
+        if norm < 1e-2 * base_norm:
+            alarms.append(f"compression {key}: weight norm {norm:.3g} is under 1% of the pretrained network's {base_norm:.3g}")
+    return alarms
+
+
+def _plotly_chart(table: pd.DataFrame, task: str, seen: tuple[float, float]) -> go.Figure:
+    ours = table[table.method == "neumeta"].sort_values("compression")
+    fig = go.Figure()
+    fig.add_vrect(x0=100 * seen[0], x1=100 * seen[1], fillcolor="lightgrey", opacity=0.3, line_width=0,
+                  annotation_text="trained widths")
+    fig.add_trace(go.Scatter(x=100 * ours.compression, y=100 * ours.accuracy, mode="lines+markers", name="NeuMeta",
+                             text=ours.widths, hovertemplate="%{x}%%: %{y:.2f}%% (%{text})"))
+    fig.add_hline(y=100 * table.accuracy.iloc[0], line_dash="dash", annotation_text="pretrained (full width)")
+    fig.update_layout(title=f"{task}: test accuracy vs compression", xaxis_title="compression of morphable channels (%)",
+                      yaxis_title="test accuracy (%)")
+    return fig
+
+
+def _png_chart(table: pd.DataFrame, task: str, seen: tuple[float, float]) -> plt.Figure:
+    ours = table[table.method == "neumeta"].sort_values("compression")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axvspan(100 * seen[0], 100 * seen[1], color="lightgrey", alpha=0.5, label="trained widths")
+    ax.plot(100 * ours.compression, 100 * ours.accuracy, "o-", label="NeuMeta")
+    ax.axhline(100 * table.accuracy.iloc[0], ls="--", color="black", label="pretrained (full width)")
+    ax.set(xlabel="compression of morphable channels (%)", ylabel="test accuracy (%)", title=f"{task}: accuracy vs compression")
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,55 @@
+"""The NeuMeta chain as one template pipeline, instanced per task with a Kedro namespace.
+
+Namespacing turns dataset ``pretrained_model`` into ``<task>.pretrained_model`` and parameter
+``params:pretrain`` into ``params:<task>.pretrain``, so every task has its own parameters file
+section and its own versioned artifacts, and ``--from-nodes=<task>.train_inr`` reruns one stage.
+"""
+
+from __future__ import annotations
+
+from functools import partial, update_wrapper
+
+from kedro.pipeline import Pipeline, node
+
+from . import nodes
+
+
+def _template(task: str) -> Pipeline:
+    # evaluate labels its table with the task; bind it rather than repeat the name in the parameters.
+    evaluate = update_wrapper(partial(nodes.evaluate, task=task), nodes.evaluate)
+    return Pipeline(
+        [
+            node(nodes.prepare_data, ["params:data", "params:seed"], "splits", name="prepare_data"),
+            node(
+                nodes.pretrain,
+                ["splits", "params:model", "params:pretrain", "params:seed", "params:device"],
+                ["pretrained_model", "pretrain_history"],
+                name="pretrain",
+            ),
+            node(nodes.extract_dependency_graph, "pretrained_model", "dependency_graph", name="extract_dependency_graph"),
+            node(
+                nodes.permute_weights,
+                ["pretrained_model", "dependency_graph", "params:permute"],
+                ["permuted_model", "permutation_report"],
+                name="permute_weights",
+            ),
+            node(nodes.fuse_batchnorm, "permuted_model", "fused_model", name="fuse_batchnorm"),
+            node(
+                nodes.train_inr,
+                ["fused_model", "splits", "params:morph", "params:inr", "params:train_inr", "params:seed", "params:device"],
+                ["inr_checkpoint", "inr_history"],
+                name="train_inr",
+            ),
+            node(nodes.sample_weights, ["inr_checkpoint", "fused_model", "params:sample"], "sampled_models", name="sample_weights"),
+            node(
+                evaluate,
+                ["sampled_models", "pretrained_model", "splits", "params:morph", "params:evaluate"],
+                ["metrics", "accuracy_table", "accuracy_plot", "accuracy_plot_png"],
+                name="evaluate",
+            ),
+        ]
+    )
+
+
+def create_pipeline(task: str) -> Pipeline:
+    return Pipeline(_template(task), namespace=task)

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny datasets written in their real on-disk formats, so the real loaders run."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST's idx format: magic (0, 0, dtype 0x08 = ubyte, ndim), big-endian dims, raw bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as stream:
+        stream.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
+        stream.write(struct.pack(f">{array.ndim}I", *array.shape))
+        stream.write(array.astype(np.uint8).tobytes())
+
+
+def _digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 images whose class is readable (a bright bar per class) so tiny runs can learn."""
+    images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
+    return images
+
+
+def write_mnist(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", _digit_images(labels, rng))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+    return root
+
+
+def _cifar_images(labels: np.ndarray, classes: int, rng: np.random.Generator) -> np.ndarray:
+    images = rng.integers(0, 60, size=(len(labels), 3, 32, 32), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, label % 3, (label * 32) // classes : (label * 32) // classes + 3] = 255
+    return images.reshape(len(labels), -1)
+
+
+def write_cifar(root: Path, classes: int = 10, per_batch: int = 40, seed: int = 0) -> Path:
+    """CIFAR's python-version layout: pickled dicts with 'data' (N, 3072) uint8 and labels."""
+    rng = np.random.default_rng(seed)
+    if classes == 10:
+        folder, files, key = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels"
+    else:
+        folder, files, key = root / "cifar-100-python", ["train", "test"], "fine_labels"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        n = per_batch * (5 if classes == 100 and name == "train" else 1)
+        labels = (np.arange(n) % classes).tolist()
+        entry = {"batch_label": name, key: labels, "data": _cifar_images(np.array(labels), classes, rng)}
+        with open(folder / name, "wb") as stream:
+            pickle.dump(entry, stream, protocol=2)
+    return root
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> Path:
+    return write_mnist(tmp_path / "raw")
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path) -> Path:
+    return write_cifar(tmp_path / "raw", classes=10)

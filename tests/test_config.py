@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neumeta_pipeline.config import validate_task
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
+
+
+def _params(task: str) -> dict:
+    return yaml.safe_load((CONF / f"parameters_{task}.yml").read_text())[task]
+
+
+@pytest.mark.parametrize("task", ["mnist_offline", "mnist", "cifar10", "cifar100"])
+def test_shipped_parameters_are_valid(task):
+    validate_task(task, _params(task))
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (("sample", "compressions"), [0.0, 1.0], "compression must be in \\[0, 1\\)"),
+        (("morph", "compression_range"), [-0.1, 0.5], "compression must be in \\[0, 1\\)"),
+        (("model", "kwargs"), {"width": 0}, "width=0 must be >= 1"),
+        (("model", "name"), "resnet9000", "unknown model 'resnet9000'"),
+        (("sample", "samples"), 0, "sample.samples"),
+        (("train_inr", "lr"), "fast", "train_inr.lr"),
+        (("pretrain", "epoch"), 3, "pretrain.epoch"),  # a typo is an error, not ignored
+    ],
+)
+def test_invalid_parameters_are_rejected_with_the_key(path, value, message):
+    params = _params("mnist_offline")
+    section = params
+    for key in path[:-1]:
+        section = section[key]
+    section[path[-1]] = value
+    with pytest.raises(ValueError, match=message) as info:
+        validate_task("mnist_offline", params)
+    assert "parameters_mnist_offline.yml" in str(info.value)
