@@ -95,6 +95,8 @@ class INRParams(_Section):
 
 
 class TrainINRParams(FitParams):
+    reconstruction_steps: int = Field(0, ge=0, description="reconstruction-only warm start before the main loop")
+    reconstruction_lr: float = Field(1e-3, gt=0.0)
     coord_noise: float = Field(1.0, ge=0.0)
     lambda_recon: float = Field(1.0, ge=0.0)
     lambda_reg: float = Field(1e-4, ge=0.0)

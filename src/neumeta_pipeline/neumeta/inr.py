@@ -34,16 +34,26 @@ class ResidualMLP(nn.Module):
         self.out = nn.Linear(hidden, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.inp(x))
+        # Pre-activation residual blocks: a block adds a signed update. Adding ReLU outputs instead
+        # makes every hidden unit positive and growing with depth, so all coordinates share one
+        # dominant feature direction and gradient steps mostly shift every weight together.
+        h = self.inp(x)
         for block in self.blocks:
-            h = h + torch.relu(block(h))
-        return self.out(h)
+            h = h + block(torch.relu(h))
+        return self.out(torch.relu(h))
 
 
 class NeuMetaINR(nn.Module):
     """Maps the coordinates of every generated tensor to its values, one MLP per tensor."""
 
-    def __init__(self, spec: MorphSpec, num_frequencies: int = 12, hidden: int = 256, depth: int = 5) -> None:
+    def __init__(
+        self,
+        spec: MorphSpec,
+        num_frequencies: int = 12,
+        hidden: int = 256,
+        depth: int = 5,
+        reference: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.config = {"num_frequencies": num_frequencies, "hidden": hidden, "depth": depth}
@@ -51,6 +61,16 @@ class NeuMetaINR(nn.Module):
         self.mlps = nn.ModuleList(
             ResidualMLP(self.features.out_features, hidden, depth, t.kernel) for t in spec.tensors
         )
+        # Each MLP predicts a standardised value; a per-tensor shift and scale, taken from the
+        # reference (pretrained) weights in the INR's output space, map it back. Without this, the
+        # fan-in division leaves freshly initialised layers near zero and training crawls.
+        shift, scale = torch.zeros(len(spec.tensors)), torch.ones(len(spec.tensors))
+        if reference is not None:
+            for i, t in enumerate(spec.tensors):
+                target = self.scaled_target(t.name, reference[t.name].detach().float().cpu())
+                shift[i], scale[i] = target.mean(), target.std().clamp_min(1e-8) if target.numel() > 1 else 1.0
+        self.register_buffer("out_shift", shift)
+        self.register_buffer("out_scale", scale)
 
     def generate(
         self,
@@ -63,12 +83,12 @@ class NeuMetaINR(nn.Module):
         of each coordinate. Each tensor is one batched MLP call over all its coordinates."""
         device = self.features.freqs.device
         weights = {}
-        for tensor, mlp in zip(self.spec.tensors, self.mlps):
+        for i, (tensor, mlp) in enumerate(zip(self.spec.tensors, self.mlps)):
             raw = raw_coordinates(self.spec, tensor, widths, device=device)
             if samples > 1:
                 raw = raw.repeat(samples, 1)
             raw = add_noise(raw, noise, generator)
-            values = mlp(self.features(normalise(raw, self.spec.norm)))
+            values = mlp(self.features(normalise(raw, self.spec.norm))) * self.out_scale[i] + self.out_shift[i]
             if samples > 1:
                 values = values.view(samples, -1, tensor.kernel).mean(dim=0)
             weights[tensor.name] = self._to_layout(tensor, widths, values)
@@ -86,6 +106,15 @@ class NeuMetaINR(nn.Module):
         return w.transpose(0, 1) if tensor.transposed else w
 
     def scaled_target(self, tensor_name: str, weight: torch.Tensor) -> torch.Tensor:
-        """A real tensor in the INR's output space (weights times their fan-in), for reconstruction."""
+        """A full-width tensor in the INR's output space (weights times their fan-in)."""
         spec = next(t for t in self.spec.tensors if t.name == tensor_name)
         return weight if spec.kind == "bias" else weight * spec.full_in
+
+    def standardised_error(self, weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean squared error of full-width ``weights`` against ``reference`` in the standardised
+        output space, averaged over tensors: every tensor counts the same whatever its scale."""
+        errors = []
+        for i, t in enumerate(self.spec.tensors):
+            diff = self.scaled_target(t.name, weights[t.name] - reference[t.name])
+            errors.append((diff / self.out_scale[i]).pow(2).mean())
+        return torch.stack(errors).mean()

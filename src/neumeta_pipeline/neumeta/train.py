@@ -149,6 +149,32 @@ def classification_objective(model: nn.Module) -> Callable:
     return objective
 
 
+def fit_reconstruction(
+    inr: NeuMetaINR,
+    reference: dict[str, torch.Tensor],
+    steps: int,
+    lr: float,
+    noise: float,
+    generator: torch.Generator,
+) -> list[float]:
+    """Warm start: fit the INR to the full-width (permuted, fused) weights alone, no data needed.
+
+    The task loss through a freshly initialised INR trains slowly (hundreds of epochs in the
+    paper); starting from an INR that already reproduces the pretrained network lets a short run
+    spend its steps on the narrower widths. Returns the loss every step.
+    """
+    optimizer = torch.optim.Adam(inr.parameters(), lr=lr)
+    full = inr.spec.widths(0.0)
+    losses = []
+    for _ in range(steps):
+        loss = inr.standardised_error(inr.generate(full, noise=noise, generator=generator), reference)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 @dataclass
 class NeuMetaLoss:
     """Task loss at a sampled width + lambda_recon * reconstruction at full width + lambda_reg * L2."""
@@ -164,12 +190,8 @@ class NeuMetaLoss:
 
     def __post_init__(self) -> None:
         self.full = self.spec.widths(0.0)
-        names = {t.name for t in self.spec.tensors}
-        state = {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}
-        # Reconstruction compares in the INR's output space (weights times fan-in), where every
-        # tensor has a comparable O(1) scale regardless of its width.
-        self.recon_targets = {n: self.inr.scaled_target(n, state[n].detach()) for n in names}
-        self.recon_scale = {t.name: (1.0 if t.kind == "bias" else float(t.full_in)) for t in self.spec.tensors}
+        state = self.target.state_dict()
+        self.reference = {t.name: state[t.name].detach() for t in self.spec.tensors}
 
     def sample_widths(self) -> dict[str, int]:
         low, high = self.compression_range
@@ -183,9 +205,7 @@ class NeuMetaLoss:
         loss, logs = task, {"task": task.detach()}
         if self.lambda_recon > 0:
             full = weights if widths == self.full else self.inr.generate(self.full, noise=self.coord_noise, generator=self.generator)
-            recon = torch.stack(
-                [F.mse_loss(w * self.recon_scale[n], self.recon_targets[n]) for n, w in full.items()]
-            ).mean()
+            recon = self.inr.standardised_error(full, self.reference)
             loss = loss + self.lambda_recon * recon
             logs["recon"] = recon.detach()
         if self.lambda_reg > 0:

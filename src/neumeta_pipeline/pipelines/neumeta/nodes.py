@@ -32,7 +32,15 @@ from ...neumeta.inr import NeuMetaINR
 from ...neumeta.metrics import accuracy, count_params_and_macs, weight_norm
 from ...neumeta.morph import MorphSpec
 from ...neumeta.sample import load_inr, sample_model
-from ...neumeta.train import FitConfig, NeuMetaLoss, classification_objective, fit, resolve_device, seed_everything
+from ...neumeta.train import (
+    FitConfig,
+    NeuMetaLoss,
+    classification_objective,
+    fit,
+    fit_reconstruction,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +113,7 @@ def train_inr(
     for p in target.parameters():
         p.requires_grad_(False)
     spec = MorphSpec(target, example_input(fused_model["arch"]).to(dev), morph_p.generated, morph_p.morphable)
-    hyper = NeuMetaINR(spec, **inr_p.model_dump()).to(dev)
+    hyper = NeuMetaINR(spec, **inr_p.model_dump(), reference=target.state_dict()).to(dev)
     loss = NeuMetaLoss(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
         train_p.lambda_recon, train_p.lambda_reg, generator,
@@ -123,6 +131,11 @@ def train_inr(
             scores.append(accuracy(lambda x: spec.run(target, widths, weights, x), val))
         return sum(scores) / len(scores)
 
+    warm = fit_reconstruction(
+        hyper, loss.reference, train_p.reconstruction_steps, train_p.reconstruction_lr, train_p.coord_noise, generator
+    )
+    if warm:
+        log.info("INR reconstruction warm start: error %.4f -> %.4f in %d steps", warm[0], warm[-1], len(warm))
     result = fit(hyper, loss, train, validate, config, generator, "train_inr")
     log.info("INR: best mean validation accuracy %.4f at epoch %d", result.best_score, result.best_epoch)
     checkpoint = {
@@ -134,7 +147,7 @@ def train_inr(
         "generated_parameters": sum(math.prod(t.full_shape) for t in spec.tensors),
         "inr_parameters": sum(p.numel() for p in hyper.parameters()),
     }
-    return checkpoint, result.history
+    return checkpoint, {"reconstruction_warm_start": warm[:: max(1, len(warm) // 100)], "epochs": result.history}
 
 
 def sample_weights(inr_checkpoint: dict, fused_model: dict, sample: dict) -> dict:

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from neumeta_pipeline.models import build_model
+from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
+from neumeta_pipeline.neumeta.morph import MorphSpec, resize
+
+X_MNIST = torch.randn(4, 1, 28, 28)
+X_CIFAR = torch.randn(4, 3, 32, 32)
+
+
+def lenet_spec(width=8):
+    model = build_model("lenet", width=width).eval()
+    return model, MorphSpec(model, X_MNIST[:1])
+
+
+def test_lenet_generates_every_layer_and_morphs_every_hidden_width():
+    model, spec = lenet_spec()
+    assert [t.name for t in spec.tensors] == [
+        f"{m}.{k}" for m in ("conv1", "conv2", "fc1", "fc2") for k in ("weight", "bias")
+    ]
+    assert spec.full_widths == {"conv1": 8, "conv2": 16, "fc1": 32}  # the logits never morph
+    fc1 = next(t for t in spec.tensors if t.name == "fc1.weight")
+    assert (fc1.in_group, fc1.in_block, fc1.full_in, fc1.kernel) == ("conv2", 16, 16, 16)
+    assert spec.widths(0.5) == {"conv1": 4, "conv2": 8, "fc1": 16}
+    assert spec.widths(0.99) == {"conv1": 1, "conv2": 1, "fc1": 1}
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        spec.widths(1.0)
+
+
+def test_running_with_sliced_real_weights_equals_the_resized_network():
+    model, spec = lenet_spec()
+    widths = spec.widths(0.375)
+    small = resize(model, spec.groups, widths)
+    state = small.state_dict()
+    weights = {t.name: state[t.name] for t in spec.tensors}
+    assert torch.allclose(spec.run(model, widths, weights, X_MNIST), small(X_MNIST), atol=1e-6)
+    assert small.conv1.out_channels == 5 and small.fc1.in_features == 10 * 16
+
+
+def test_last_resnet_block_of_a_fused_resnet20():
+    model = fuse_batchnorm(build_model("resnet20").eval())
+    spec = MorphSpec(model, X_CIFAR[:1], generated=["layer3.2.conv1", "layer3.2.conv2"], morphable=["layer3.2.conv1"])
+    assert [t.name for t in spec.tensors] == [
+        "layer3.2.conv1.weight", "layer3.2.conv1.bias", "layer3.2.conv2.weight", "layer3.2.conv2.bias"
+    ]
+    assert spec.full_widths == {"layer3.2.conv1": 64}
+    conv2 = spec.tensors[2]
+    assert conv2.in_group == "layer3.2.conv1" and conv2.kernel == 9
+    widths = spec.widths(0.75)
+    small = resize(model, spec.groups, widths)
+    assert small.layer3[2].conv1.out_channels == 16 and small(X_CIFAR).shape == (4, 10)
+
+
+def test_a_pattern_matching_nothing_is_an_error_not_a_smaller_selection():
+    model = build_model("lenet", width=4)
+    with pytest.raises(ValueError, match="conv9"):
+        MorphSpec(model, X_MNIST[:1], generated=["conv9"])
+
+
+def test_spec_round_trips_through_a_plain_dict():
+    _, spec = lenet_spec()
+    again = MorphSpec.from_dict(spec.to_dict())
+    assert again.tensors == spec.tensors and again.full_widths == spec.full_widths and again.norm == spec.norm

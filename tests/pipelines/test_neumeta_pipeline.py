@@ -1,0 +1,98 @@
+"""Every task pipeline, end to end, on tiny data in the real on-disk formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from neumeta_pipeline.models.checkpoint import load_model
+from neumeta_pipeline.pipeline_registry import TASKS
+
+VERSIONED = [
+    "06_models/{t}/pretrained_model.pt", "08_reporting/{t}/pretrain_history.json",
+    "02_intermediate/{t}/dependency_graph.json", "06_models/{t}/permuted_model.pt",
+    "08_reporting/{t}/permutation_report.json", "06_models/{t}/fused_model.pt",
+    "06_models/{t}/inr_checkpoint.pt", "08_reporting/{t}/inr_history.json",
+    "07_model_output/{t}/sampled_models.pt", "08_reporting/{t}/metrics.json",
+    "08_reporting/{t}/accuracy_table.csv", "08_reporting/{t}/accuracy_plot.json",
+    "08_reporting/{t}/accuracy_plot.png",
+]
+
+
+def run(project: Path, pipeline: str, **kwargs) -> None:
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project) as session:
+        session.run(pipeline_names=[pipeline], **kwargs)
+
+
+def versions(path: Path) -> list[Path]:
+    """Saved versions of a versioned dataset: <path>/<timestamp>/<name>."""
+    return sorted(path.glob(f"*/{path.name}"))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_task_runs_end_to_end_and_versions_every_artifact(project, task):
+    run(project, task)
+    data = project / "data"
+    for template in VERSIONED:
+        assert len(versions(data / template.format(t=task))) == 1, template
+    metrics = json.loads(versions(data / f"08_reporting/{task}/metrics.json")[0].read_text())
+    compressions = [r["compression"] for r in metrics["results"]]
+    assert compressions == [0.0, 0.25, 0.5, 0.75]
+    assert [r["seen_in_training"] for r in metrics["results"]] == [True, True, True, False]
+    table = pd.read_csv(versions(data / f"08_reporting/{task}/accuracy_table.csv")[0])
+    assert set(table.columns) >= {"task", "compression", "widths", "accuracy", "params", "macs"}
+    assert (table.task == task).all() and table.method.iloc[0] == "pretrained"
+    neumeta = table[table.method == "neumeta"]
+    assert neumeta.params.is_monotonic_decreasing and neumeta.params.iloc[0] == table.params.iloc[0]
+    # A sampled model is a standalone network: it loads and runs without the INR.
+    sampled = torch.load(versions(data / f"07_model_output/{task}/sampled_models.pt")[0], weights_only=True)
+    net = load_model(sampled["0.75"])
+    shape = sampled["0.75"]["arch"]["input_shape"]
+    assert net(torch.randn(2, *shape)).shape[0] == 2
+
+
+def test_evaluate_reruns_alone_on_the_latest_versions(project):
+    task = "mnist_offline"
+    run(project, task)
+    data = project / "data"
+    run(project, task, from_nodes=[f"{task}.evaluate"])
+    assert len(versions(data / f"08_reporting/{task}/metrics.json")) == 2
+    assert len(versions(data / f"06_models/{task}/inr_checkpoint.pt")) == 1
+    assert len(versions(data / f"06_models/{task}/pretrained_model.pt")) == 1
+
+
+def test_rerun_from_train_inr_uses_the_changed_parameters(project):
+    task = "mnist_offline"
+    run(project, task)
+    path = project / "conf" / "base" / f"parameters_{task}.yml"
+    path.write_text(path.read_text().replace("hidden: 16", "hidden: 24"))
+    run(project, task, from_nodes=[f"{task}.train_inr"])
+    data = project / "data"
+    inrs = versions(data / f"06_models/{task}/inr_checkpoint.pt")
+    assert len(inrs) == 2 and len(versions(data / f"06_models/{task}/pretrained_model.pt")) == 1
+    latest = torch.load(inrs[-1], weights_only=True)
+    assert latest["inr_config"]["hidden"] == 24
+
+
+def test_invalid_parameters_stop_the_run_before_training(project):
+    task = "mnist_offline"
+    path = project / "conf" / "base" / f"parameters_{task}.yml"
+    path.write_text(path.read_text().replace("samples: 2", "samples: 0"))
+    with pytest.raises(ValueError, match="sample.samples"):
+        run(project, task)
+    assert not (project / "data" / "06_models" / task).exists()
+
+
+def test_missing_data_names_the_folder(project):
+    path = project / "data" / "01_raw" / "MNIST"
+    for f in (path / "raw").iterdir():
+        f.unlink()
+    with pytest.raises(Exception, match="MNIST/raw"):
+        run(project, "mnist")

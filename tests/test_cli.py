@@ -1,0 +1,44 @@
+"""The project as a user meets it: the kedro command line in a copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from neumeta_pipeline.pipeline_registry import TASKS
+from tests.pipelines.conftest import make_project
+
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+NODES = ["prepare_data", "pretrain", "extract_dependency_graph", "permute_weights", "fuse_batchnorm",
+         "train_inr", "sample_weights", "evaluate"]
+
+
+def kedro(project: Path, *args: str) -> str:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run([KEDRO, *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_registry_lists_every_task(tmp_path):
+    out = kedro(make_project(tmp_path), "registry", "list")
+    for task in (*TASKS, "__default__"):
+        assert f"- {task}" in out
+
+
+def test_viz_build_lists_every_node_of_every_task(tmp_path):
+    project = make_project(tmp_path)
+    kedro(project, "viz", "build")
+    api = json.loads((project / "build" / "api" / "main").read_text())
+    names = {n["name"] for n in api["nodes"] if n["type"] == "task"}
+    missing = {f"{t}.{n}" for t in TASKS for n in NODES} - names
+    assert not missing, missing
+
+
+def test_run_with_the_deprecated_pipeline_flag(tmp_path):
+    project = make_project(tmp_path)
+    kedro(project, "run", "--pipeline=mnist_offline")
+    assert list((project / "data" / "08_reporting" / "mnist_offline" / "metrics.json").glob("*/metrics.json"))
