@@ -1,6 +1,6 @@
 """Benchmark of the weight-smoothing permutation (mSHP) on CIFAR ResNet20 and torchvision ResNet18.
 
-Usage: python benchmarks/bench_surgery.py [--models resnet20,resnet18] [--solvers two_opt,local_search]
+Usage: python benchmarks/bench_surgery.py [--models resnet20,resnet18] [--solvers two_opt,local_search] [--threads N]
 
 Weights are random initialisations (seed 0), BatchNorm left at its initial statistics and not
 fused: no checkpoint is needed, but i.i.d. random channels have little order to find, so the TV
@@ -78,9 +78,13 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20,resnet18")
     parser.add_argument("--solvers", default="two_opt,local_search")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; random-init weights, BN not fused")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          "random-init weights, BN not fused")
     for name in args.models.split(","):
         model, x = build(name)
         tic = time.perf_counter()

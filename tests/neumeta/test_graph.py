@@ -50,7 +50,8 @@ def test_resnet20_groups_have_the_expected_structure():
         assert (f"layer2.{b}.conv2.weight", 0, 0, 1) in stage2
         assert bn_members(f"layer2.{b}.bn2") <= stage2
     assert ("layer2.0.shortcut.0.weight", 0, 0, 1) in stage2
-    assert {("layer2.1.conv1.weight", 1, 0, 1), ("layer3.0.conv1.weight", 1, 0, 1), ("layer3.0.shortcut.0.weight", 1, 0, 1)} <= stage2
+    readers = {(f"{k}.weight", 1, 0, 1) for k in ("layer2.1.conv1", "layer3.0.conv1", "layer3.0.shortcut.0")}
+    assert readers <= stage2
     stage1 = member_set(named["conv1"])
     assert ("conv1.weight", 0, 0, 1) in stage1 and ("layer2.0.shortcut.0.weight", 1, 0, 1) in stage1
     assert ("fc.weight", 1, 0, 1) in member_set(named["layer3.0.conv2"])
@@ -112,7 +113,12 @@ def test_unet_skip_concatenations_split_the_decoder_input(surgery_zoo):
     model, x, _ = surgery_zoo("unet")
     groups = channel_groups(model, x)
     key = "decoder.blocks.0.conv1.0.weight"
-    spans = sorted((m.start, m.start + g.size * m.block, g.name) for g in groups for m in g.members if m.tensor == key and m.dim == 1)
+    spans = sorted(
+        (m.start, m.start + g.size * m.block, g.name)
+        for g in groups
+        for m in g.members
+        if (m.tensor, m.dim) == (key, 1)
+    )
     assert len(spans) == 2 and spans[0][0] == 0 and spans[0][1] == spans[1][0]
     assert spans[1][1] == model.state_dict()[key].shape[1]
     assert all(g.permutable for g in groups if g.name.startswith(("encoder", "decoder")))
@@ -216,6 +222,23 @@ class Tricky(nn.Module):
         return self.a(y)[:, :3].mean() + self.c(self.b(y)).mean()
 
 
+class Escape(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = torch.from_numpy(y.numpy()[:, ::-1].copy())  # reorders channels behind torch's back
+        return self.b(z)
+
+
+def test_values_leaving_torch_refuse_the_group():
+    named = by_name(channel_groups(Escape(), torch.randn(1, 3, 8, 8)))
+    assert not named["a"].permutable and "numpy" in named["a"].reason
+
+
 def test_input_axis_and_channel_slices_are_never_permuted():
     named = by_name(channel_groups(Tricky(), torch.randn(1, 3, 8, 8)))
     assert not named["res"].permutable and "input" in named["res"].reason
@@ -260,9 +283,11 @@ def test_producer_partition_agrees_with_torch_pruning(surgery_zoo, name):
             if dep.handler.__name__ == "prune_out_channels" and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))
         }
         theirs.add(frozenset(layers))
-    ours = set()
-    for g in channel_groups(model, x):
-        ours.add(frozenset(m.tensor.rsplit(".", 1)[0] for m in g.members if m.dim == 0 and m.tensor.endswith(".weight") and isinstance(model.get_submodule(m.tensor.rsplit(".", 1)[0]), (nn.Conv2d, nn.Linear))))
+    weights = {f"{n}.weight": n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    ours = {
+        frozenset(weights[m.tensor] for m in g.members if m.dim == 0 and m.tensor in weights)
+        for g in channel_groups(model, x)
+    }
     assert ours == theirs
 
 

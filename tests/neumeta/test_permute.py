@@ -122,8 +122,8 @@ def test_smooth_is_deterministic_for_a_seed(surgery_zoo, smoothed_resnet20):
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_solvers_are_deterministic_for_a_seed(solver):
-    d = np.abs(np.random.default_rng(1).normal(size=(40, 1, 5)) - np.random.default_rng(2).normal(size=(1, 40, 5))).sum(-1)
-    d = (d + d.T) / 2
+    pts = np.random.default_rng(1).normal(size=(40, 5))
+    d = np.abs(pts[:, None] - pts[None]).sum(-1)
     assert np.array_equal(solve_path(d, solver, seed=3), solve_path(d, solver, seed=3))
 
 
@@ -200,3 +200,11 @@ def test_solver_leaves_global_random_state_alone():
     solve_path(d, "local_search", seed=5)
     solve_path(d, "simulated_annealing", seed=5)
     assert (np.random.random(), random.random()) == expected
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_spent_time_limit_still_returns_a_valid_order(solver):
+    pts = np.random.default_rng(2).normal(size=(30, 4))
+    d = np.abs(pts[:, None] - pts[None]).sum(-1)
+    order = solve_path(d, solver, seed=0, time_limit=0.0)
+    assert sorted(order.tolist()) == list(range(30))

@@ -17,7 +17,7 @@ TINY = {
     "pretrain": {"epochs": 2, "batch_size": 32, "progress": False},
     "permute": {"time_limit": 1.0},
     "inr": {"num_frequencies": 4, "hidden": 16, "depth": 1},
-    "train_inr": {"epochs": 1, "batch_size": 32, "progress": False, "validation_compressions": [0.0, 0.5]},
+    "train_inr": {"reconstruction_steps": 5, "epochs": 1, "batch_size": 32, "progress": False, "validation_compressions": [0.0, 0.5]},
     "sample": {"compressions": [0.0, 0.25, 0.5, 0.75], "samples": 2},
     "evaluate": {"batch_size": 64},
 }
@@ -34,6 +34,7 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     """Copy pyproject and conf into ``root``, shrink every task's budget, write tiny raw data."""
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     shutil.copytree(REPO / "conf", root / "conf")
+    (root / "src").mkdir()  # Kedro checks it exists; the package itself is installed in the venv
     for path in (root / "conf" / "base").glob("parameters_*.yml"):
         params = yaml.safe_load(path.read_text())
         for task, section in params.items():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -63,7 +63,10 @@ class ChannelGroup:
         return cls(
             name=str(d["name"]),
             size=int(d["size"]),
-            members=[Member(str(m["tensor"]), int(m["dim"]), int(m.get("start", 0)), int(m.get("block", 1))) for m in d["members"]],
+            members=[
+                Member(str(m["tensor"]), int(m["dim"]), int(m.get("start", 0)), int(m.get("block", 1)))
+                for m in d["members"]
+            ],
             permutable=bool(d.get("permutable", True)),
             reason=str(d.get("reason", "")),
         )
@@ -140,6 +143,8 @@ Label = tuple | None
 
 
 def _mark(root: _Node, reason: str) -> None:
+    # A refused parameter axis must be unioned, not re-bound, on later use, so its reason spreads.
+    root.fresh = False
     if reason not in root.reasons:
         root.reasons.append(reason)
 
@@ -189,10 +194,6 @@ def _seg(root: _Node | None, c0: int, count: int, block: int) -> Seg:
     return (root, c0, count, block, root.unit)
 
 
-def _length(label: Label) -> int:
-    return sum(_resolve(s)[2] * _resolve(s)[3] for s in label) if label else 0
-
-
 def _roots(label: Label) -> list[_Node]:
     out: list[_Node] = []
     for s in label or ():
@@ -231,10 +232,17 @@ _ELEMENTWISE = set(
 )
 # Only the first tensor argument matters (the others give dtype/device).
 _FIRST_ONLY = {"to", "type", "type_as", "new_tensor"}
-_REDUCE = set("sum mean nansum nanmean amax amin prod std var logsumexp norm vector_norm any all count_nonzero max min std_mean var_mean aminmax".split())
+_REDUCE = set(
+    "sum mean nansum nanmean amax amin prod std var logsumexp norm vector_norm any all count_nonzero max min "
+    "std_mean var_mean aminmax".split()
+)
 _INDEX_REDUCE = {"argmax", "argmin"}
 _SPATIAL = {
-    **{f"{p}{k}d": k for k in (1, 2, 3) for p in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "lp_pool", "fractional_max_pool")},
+    **{
+        f"{p}{k}d": k
+        for k in (1, 2, 3)
+        for p in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "lp_pool", "fractional_max_pool")
+    },
     **{f"{p}{k}d_with_indices": k for k in (1, 2, 3) for p in ("max_pool", "adaptive_max_pool", "fractional_max_pool")},
     **{name: -1 for name in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear")},
     **{f"{p}upsample_{mode}": -1 for p in ("", "_") for mode in (
@@ -247,6 +255,7 @@ _EXPAND = {"expand", "expand_as", "broadcast_to"}
 _SPLIT = {"split", "chunk", "tensor_split", "split_with_sizes", "unsafe_split", "unsafe_chunk"}
 # Fresh constant tensors that merely borrow dtype/device from their input.
 _NEW = {"new_zeros", "new_ones", "new_empty", "new_full"}
+_ESCAPES = {"setitem", "numpy", "tolist", "array", "item"}
 _CONV = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
 _CONVT = {"conv_transpose1d": 1, "conv_transpose2d": 2, "conv_transpose3d": 3}
 
@@ -389,10 +398,12 @@ class _Tracer(TorchFunctionMode):
             if na is not None and nb is not None and ba == bb and ka == kb and _full(na, ca, ka) and _full(nb, cb, kb):
                 _union(na, nb)
                 return a
-        for mine, other, lab in ((ra, rb, b), (rb, ra, a)):
-            if len(mine) == 1 and mine[0][0] is not None and mine[0][0].fresh and _full(mine[0][0], mine[0][1], mine[0][2]) and mine[0][3] == 1:
-                self._rebind(mine[0][0], lab, why)
-                return lab
+        for mine, lab in ((ra, b), (rb, a)):
+            if len(mine) == 1 and mine[0][0] is not None:
+                node, c0, count, block = mine[0]
+                if node.fresh and block == 1 and _full(node, c0, count):
+                    self._rebind(node, lab, why)
+                    return lab
         self._align(ra, rb, why)
         return a
 
@@ -475,7 +486,10 @@ class _Tracer(TorchFunctionMode):
         out = []
         for s in label:
             root, c0, count, block = _resolve(s)
-            out.append(_seg(root, c0, count, block * factor) if root is not None else _seg(None, 0, count * block * factor, 1))
+            if root is None:
+                out.append(_seg(None, 0, count * block * factor, 1))
+            else:
+                out.append(_seg(root, c0, count, block * factor))
         return tuple(out)
 
     def _div_block(self, label: Label, tail: int, why: str) -> Label | bool:
@@ -510,8 +524,10 @@ class _Tracer(TorchFunctionMode):
         ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         name = _op_name(func)
         if not outs:
-            if name == "setitem":  # in-place writes into part of a tensor: refuse what it touches
-                self._refuse([lab for t in ins for lab in self._label(t)], "in-place item assignment")
+            # Values leaving torch (numpy, lists) or written into part of a tensor can no longer be
+            # followed; shape queries (size, dim, shape) are harmless and fall through.
+            if name in _ESCAPES:
+                self._refuse([lab for t in ins for lab in self._label(t)], f"values leave the traced graph via {name}")
             return out
         for t in ins:
             for r in self._taint(t):
@@ -582,7 +598,8 @@ class _Tracer(TorchFunctionMode):
             x = args[0]
             if len(outs) != 1 or outs[0].numel() != x.numel():
                 return False
-            self._set(outs[0], self._reshape(self._label(x), tuple(x.shape), tuple(outs[0].shape), name), self._taint(x))
+            new = self._reshape(self._label(x), tuple(x.shape), tuple(outs[0].shape), name)
+            self._set(outs[0], new, self._taint(x))
             return True
         if name in _TRANSPOSE:
             return self._transpose(func, args, kwargs, outs)
@@ -590,7 +607,8 @@ class _Tracer(TorchFunctionMode):
             x = args[0]
             lab, shape = self._label(x), outs[0].shape
             pad = len(shape) - x.dim()
-            self._set(outs[0], [None] * pad + [lab[d] if x.shape[d] == shape[pad + d] else None for d in range(x.dim())], self._taint(x))
+            new = [lab[d] if x.shape[d] == shape[pad + d] else None for d in range(x.dim())]
+            self._set(outs[0], [None] * pad + new, self._taint(x))
             return True
         if name in ("cat", "concat", "concatenate", "stack"):
             return self._cat(name, args, kwargs, outs)
@@ -619,7 +637,9 @@ class _Tracer(TorchFunctionMode):
             if t.shape != shape:
                 return False
         for t in ins:
-            if t.dim() > len(shape) or any(s not in (1, shape[len(shape) - t.dim() + d]) for d, s in enumerate(t.shape)):
+            if t.dim() > len(shape):
+                return False
+            if any(s not in (1, shape[len(shape) - t.dim() + d]) for d, s in enumerate(t.shape)):
                 return False
         labels = []
         for d in range(len(shape)):
@@ -700,7 +720,8 @@ class _Tracer(TorchFunctionMode):
         shape = tuple(_arg(args, kwargs, 1, "normalized_shape"))
         lab = list(self._label(x))
         k = len(shape)
-        tensors = [t for t in list(args[2:4]) + [kwargs.get("weight"), kwargs.get("bias")] if isinstance(t, torch.Tensor)]
+        candidates = list(args[2:4]) + [kwargs.get("weight"), kwargs.get("bias")]
+        tensors = [t for t in candidates if isinstance(t, torch.Tensor)]
         for t in tensors:
             tl = self._label(t)
             for i in range(k):
@@ -772,10 +793,10 @@ class _Tracer(TorchFunctionMode):
                 self._refuse([lab[d]], f"{mode} padding of a channel axis")
                 lab[d] = self._opaque(outs[0].shape[d], f"{mode} padding of a channel axis")
                 continue
-            inner = self._slice(lab[d], max(-lo, 0), x.shape[d] - max(-hi, 0), "pad")
-            new = ([_seg(None, 0, lo, 1)] if lo > 0 else []) + list(inner or [_seg(None, 0, x.shape[d] - max(-lo, 0) - max(-hi, 0), 1)]) + (
-                [_seg(None, 0, hi, 1)] if hi > 0 else []
-            )
+            # Constant padding adds indices without channel identity; negative padding crops.
+            keep_lo, keep_hi = max(-lo, 0), x.shape[d] - max(-hi, 0)
+            inner = self._slice(lab[d], keep_lo, keep_hi, "pad") or [_seg(None, 0, keep_hi - keep_lo, 1)]
+            new = ([_seg(None, 0, lo, 1)] if lo > 0 else []) + list(inner) + ([_seg(None, 0, hi, 1)] if hi > 0 else [])
             lab[d] = _norm(tuple(new))
         self._set(outs[0], lab)
         return True

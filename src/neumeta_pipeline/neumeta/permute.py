@@ -55,7 +55,9 @@ def _effective_members(model: nn.Module, group: ChannelGroup) -> list[Member]:
         owner = modules.get(m.tensor.rsplit(".", 1)[0])
         if owner is None or isinstance(owner, nn.Identity):
             continue
-        raise KeyError(f"group {group.name!r}: tensor {m.tensor!r} is not in the model; were the groups computed on another model?")
+        raise KeyError(
+            f"group {group.name!r}: tensor {m.tensor!r} is not in the model; were the groups computed on another model?"
+        )
     present = {(m.tensor, m.dim) for m in members}
     for m in list(members):
         prefix, leaf = m.tensor.rsplit(".", 1) if "." in m.tensor else ("", m.tensor)
@@ -227,9 +229,10 @@ def solve_path(
         random.seed(seed)
         np.random.seed(seed)
         if solver == "local_search":
-            tour, _ = solve_tsp_local_search(dd, x0=x0, perturbation_scheme="two_opt", max_processing_time=time_limit)
+            heuristic = solve_tsp_local_search
         else:
-            tour, _ = solve_tsp_simulated_annealing(dd, x0=x0, perturbation_scheme="two_opt", max_processing_time=time_limit)
+            heuristic = solve_tsp_simulated_annealing
+        tour, _ = heuristic(dd, x0=x0, perturbation_scheme="two_opt", max_processing_time=time_limit)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)

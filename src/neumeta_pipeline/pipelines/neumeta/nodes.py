@@ -166,16 +166,26 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, sample: dict) -> dic
 
 
 def evaluate(
-    sampled_models: dict, pretrained_model: dict, splits: dict, morph: dict, evaluate_params: dict, task: str
+    sampled_models: dict,
+    pretrained_model: dict,
+    fused_model: dict,
+    splits: dict,
+    morph: dict,
+    evaluate_params: dict,
+    task: str,
 ) -> tuple[dict, pd.DataFrame, go.Figure, plt.Figure]:
-    """Test accuracy, parameters and MACs of every sampled width next to the pretrained network."""
+    """Test accuracy, parameters and MACs of every sampled width next to the pretrained network.
+
+    Reductions are relative to the fused full-width network, the deployable form of the
+    pretrained one, so folding BatchNorm is not counted as compression.
+    """
     params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
     low, high = morph_p.compression_range
     test = DeviceData(splits, "test", "cpu")
     x0 = example_input(pretrained_model["arch"])
     base = load_model(pretrained_model)
-    base_params, base_macs = count_params_and_macs(base, x0)
-    rows = [_row(task, "pretrained", 0.0, True, {}, accuracy(base, test, params.batch_size), base_params, base_macs, base_params, base_macs)]
+    base_params, base_macs = count_params_and_macs(load_model(fused_model), x0)
+    rows = [_row(task, "pretrained", 0.0, True, {}, accuracy(base, test, params.batch_size), *count_params_and_macs(base, x0), base_params, base_macs)]
     norms = {}
     for key, checkpoint in sampled_models.items():
         net = load_model(checkpoint)

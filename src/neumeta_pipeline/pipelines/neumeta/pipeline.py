@@ -43,7 +43,7 @@ def _template(task: str) -> Pipeline:
             node(nodes.sample_weights, ["inr_checkpoint", "fused_model", "params:sample"], "sampled_models", name="sample_weights"),
             node(
                 evaluate,
-                ["sampled_models", "pretrained_model", "splits", "params:morph", "params:evaluate"],
+                ["sampled_models", "pretrained_model", "fused_model", "splits", "params:morph", "params:evaluate"],
                 ["metrics", "accuracy_table", "accuracy_plot", "accuracy_plot_png"],
                 name="evaluate",
             ),
