@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .data import SOURCES
 from .models import MODELS
+from .neumeta.permute import SOLVERS as SOLVERS_TSP
 
 
 class _Section(BaseModel):
@@ -63,8 +64,8 @@ class FitParams(_Section):
 
 class PermuteParams(_Section):
     enabled: bool = True
-    solver: Literal["local_search", "simulated_annealing", "lin_kernighan", "record_to_record"] = "local_search"
-    time_limit: float | None = Field(None, gt=0.0)
+    solver: Literal[SOLVERS_TSP] = "local_search"  # type: ignore[valid-type]
+    time_limit: float | None = Field(None, gt=0.0, description="seconds per group; None is deterministic")
     seed: int = 0
 
 

@@ -92,3 +92,13 @@ class SurgeryZoo:
 @pytest.fixture(scope="session")
 def surgery_zoo() -> SurgeryZoo:
     return SurgeryZoo()
+
+
+@pytest.fixture
+def single_thread():
+    """The surgery tests run many small ops; with two OpenMP threads on a two-core machine that is
+    also running something else, spin-waiting made them about four times slower than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

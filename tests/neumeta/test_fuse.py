@@ -11,6 +11,8 @@ from torch import nn
 from neumeta_pipeline.neumeta.fuse import fusable_pairs, fuse_batchnorm
 from tests.neumeta.conftest import HEAVY_MODELS, LIGHT_MODELS, SURGERY_MODELS, randomize_batchnorm, relative_error, run
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TOL = 1e-5
 
 

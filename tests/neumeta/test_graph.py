@@ -12,6 +12,8 @@ from torch import nn
 from neumeta_pipeline.models import build_model
 from neumeta_pipeline.neumeta.graph import ChannelGroup, Member, channel_groups, channel_index
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def by_name(groups: list[ChannelGroup]) -> dict[str, ChannelGroup]:
     return {g.name: g for g in groups}

@@ -25,6 +25,8 @@ from neumeta_pipeline.neumeta.permute import (
 )
 from tests.neumeta.conftest import HEAVY_MODELS, LIGHT_MODELS, relative_error, run
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TOL = 1e-5
 
 

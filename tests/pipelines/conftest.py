@@ -15,7 +15,6 @@ REPO = Path(__file__).resolve().parents[2]
 # Small enough for seconds per task on two cores; every stage still does real work.
 TINY = {
     "pretrain": {"epochs": 2, "batch_size": 32, "progress": False},
-    "permute": {"time_limit": 1.0},
     "inr": {"num_frequencies": 4, "hidden": 16, "depth": 1},
     "train_inr": {"reconstruction_steps": 5, "epochs": 1, "batch_size": 32, "progress": False, "validation_compressions": [0.0, 0.5]},
     "sample": {"compressions": [0.0, 0.25, 0.5, 0.75], "samples": 2},
