@@ -60,6 +60,8 @@ class FitParams(_Section):
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     augment: Literal["none", "crop_flip"] = "none"
     progress: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
+    resume: bool = True  # continue an interrupted run from its last finished epoch
 
 
 class PermuteParams(_Section):
@@ -101,6 +103,7 @@ class TrainINRParams(FitParams):
     coord_noise: float = Field(1.0, ge=0.0)
     lambda_recon: float = Field(1.0, ge=0.0)
     lambda_reg: float = Field(1e-4, ge=0.0)
+    tensor_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of generated tensors trained per step")
     validation_compressions: list[float] = Field([0.0, 0.25, 0.5], min_length=1)
 
     @field_validator("validation_compressions")

@@ -2,7 +2,7 @@ import torch
 
 from neumeta_pipeline.data import DeviceData
 from neumeta_pipeline.models import build_model
-from neumeta_pipeline.neumeta.metrics import accuracy, count_params_and_macs
+from neumeta_pipeline.neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs
 
 
 def test_accuracy_counts_correct_predictions():
@@ -20,3 +20,11 @@ def test_params_and_macs_of_lenet_by_hand():
     # conv1: 2*24*24*25, conv2: 4*8*8*2*25, fc1: 64*8, fc2: 8*10
     by_hand = 2 * 24 * 24 * 25 + 4 * 8 * 8 * 2 * 25 + 64 * 8 + 8 * 10
     assert by_hand <= macs <= by_hand * 1.15  # the counter also counts bias adds, ReLU and pooling
+
+
+def test_collapse_alarm_on_equal_accuracies_and_vanishing_norms():
+    assert collapse_alarms({0.0: 0.9, 0.5: 0.8}, {0.0: 10.0, 0.5: 9.0}, 10.0) == []
+    same = collapse_alarms({0.0: 0.42, 0.25: 0.42, 0.5: 0.42}, {0.0: 10.0}, 10.0)
+    assert len(same) == 1 and "every width" in same[0]
+    tiny = collapse_alarms({0.0: 0.9, 0.5: 0.8}, {0.0: 10.0, 0.5: 0.01}, 10.0)
+    assert len(tiny) == 1 and "0.5" in tiny[0]

@@ -1,5 +1,5 @@
+import pytest
 import torch
-from torch import nn
 
 from neumeta_pipeline.data import DeviceData
 from neumeta_pipeline.models import build_model
@@ -65,3 +65,68 @@ def test_sampled_widths_stay_in_the_compression_range():
     loss_fn = NeuMetaLoss(NeuMetaINR(spec, 2, 4, 0), target, spec, (0.25, 0.5), 0.0, 0.0, 0.0, generator)
     seen = {loss_fn.sample_widths()["conv1"] for _ in range(200)}
     assert seen == {4, 5, 6}
+
+
+def _resumable_run(tmp_path, interrupt_at: int | None):
+    """Pretrain-like run with a resume file; optionally interrupted at a global step."""
+    generator = seed_everything(5)
+    splits = _blobs(128)
+    net = build_model("lenet", width=2)
+    train, val = DeviceData(splits, "train", "cpu"), DeviceData(splits, "val", "cpu")
+    config = FitConfig(epochs=3, batch_size=32, lr=3e-3, ema_decay=0.9, progress=False,
+                       checkpoint_path=str(tmp_path / "resume.pt"))
+    base = classification_objective(net)
+    steps = {"n": 0}
+
+    def objective(x, y):
+        steps["n"] += 1
+        if interrupt_at is not None and steps["n"] == interrupt_at:
+            raise KeyboardInterrupt
+        return base(x, y)
+
+    return fit(net, objective, train, lambda m: accuracy(m, val), config, generator)
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path):
+    straight = _resumable_run(tmp_path / "a", None)
+    assert not (tmp_path / "a" / "resume.pt").exists()  # removed once the run finishes
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(tmp_path / "b", interrupt_at=7)  # mid second epoch (4 steps per epoch)
+    assert (tmp_path / "b" / "resume.pt").exists()
+    resumed = _resumable_run(tmp_path / "b", None)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    assert all(torch.equal(p, q) for p, q in zip(straight.best.state_dict().values(), resumed.best.state_dict().values()))
+
+
+def test_a_resume_file_from_other_settings_is_refused(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(tmp_path, interrupt_at=6)
+    generator = seed_everything(5)
+    splits = _blobs(128)
+    net = build_model("lenet", width=2)
+    config = FitConfig(epochs=4, batch_size=32, progress=False, checkpoint_path=str(tmp_path / "resume.pt"))
+    with pytest.raises(RuntimeError, match="delete it"):
+        fit(net, classification_objective(net), DeviceData(splits, "train", "cpu"), lambda m: 0.0, config, generator)
+
+
+def test_bf16_autocast_runs_and_learns():
+    generator = seed_everything(0)
+    splits = _blobs()
+    net = build_model("lenet", width=4)
+    train, val = DeviceData(splits, "train", "cpu"), DeviceData(splits, "val", "cpu")
+    config = FitConfig(epochs=2, batch_size=32, lr=5e-3, progress=False, precision="bf16")
+    result = fit(net, classification_objective(net), train, lambda m: accuracy(m, val), config, generator)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_tensor_subset_trains_only_the_picked_tensors():
+    generator = seed_everything(0)
+    target = build_model("lenet", width=4).eval()
+    spec = MorphSpec(target, torch.zeros(1, 1, 28, 28))
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=16, depth=1)
+    loss_fn = NeuMetaLoss(inr, target, spec, (0.0, 0.5), 1.0, 0.0, 0.0, generator, tensor_fraction=0.25)
+    x, y = next(DeviceData(_blobs(32), "train", "cpu").batches(32))
+    loss, _ = loss_fn(x, y)
+    loss.backward()
+    with_grad = [t.name for t, mlp in zip(spec.tensors, inr.mlps) if mlp.out.weight.grad is not None]
+    assert len(with_grad) == 2  # a quarter of LeNet's 8 generated tensors

@@ -78,9 +78,11 @@ class NeuMetaINR(nn.Module):
         noise: float = 0.0,
         samples: int = 1,
         generator: torch.Generator | None = None,
+        trained: set[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Weights of every generated tensor at ``widths``, averaged over ``samples`` noisy copies
-        of each coordinate. Each tensor is one batched MLP call over all its coordinates."""
+        of each coordinate. Each tensor is one batched MLP call over all its coordinates.
+        With ``trained`` given, only those tensors keep an autograd graph."""
         device = self.features.freqs.device
         weights = {}
         for i, (tensor, mlp) in enumerate(zip(self.spec.tensors, self.mlps)):
@@ -88,7 +90,8 @@ class NeuMetaINR(nn.Module):
             if samples > 1:
                 raw = raw.repeat(samples, 1)
             raw = add_noise(raw, noise, generator)
-            values = mlp(self.features(normalise(raw, self.spec.norm))) * self.out_scale[i] + self.out_shift[i]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and (trained is None or tensor.name in trained)):
+                values = mlp(self.features(normalise(raw, self.spec.norm))) * self.out_scale[i] + self.out_shift[i]
             if samples > 1:
                 values = values.view(samples, -1, tensor.kernel).mean(dim=0)
             weights[tensor.name] = self._to_layout(tensor, widths, values)

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,8 @@ class FitConfig:
     ema_decay: float | None = None
     augment: str = "none"
     progress: bool = True
+    precision: str = "fp32"  # or "bf16": autocast the forward pass (for GPUs with bf16 units)
+    checkpoint_path: str | None = None  # resume state, written every epoch, removed when done
 
 
 @dataclass
@@ -98,15 +101,35 @@ def fit(
     if config.ema_decay is not None:
         ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     scored = ema.module if ema is not None else module
+    if config.precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {config.precision!r}; use 'fp32' or 'bf16'")
+    device_type = next(module.parameters()).device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
     history: list[dict] = []
-    best_state, best_score, best_epoch = None, -math.inf, -1
-    bar = tqdm(total=total, desc=desc, disable=not config.progress, leave=False)
-    for epoch in range(config.epochs):
+    best_state, best_score, best_epoch, first_epoch = None, -math.inf, -1, 0
+    stateful = {"module": module, "optimizer": optimizer, "scheduler": scheduler, **({"ema": ema} if ema else {})}
+    fingerprint = repr(sorted(vars(config).items()))
+    if config.checkpoint_path and Path(config.checkpoint_path).exists():
+        state = torch.load(config.checkpoint_path, map_location="cpu", weights_only=True)
+        if state["fingerprint"] != fingerprint:
+            raise RuntimeError(
+                f"{config.checkpoint_path} holds an interrupted run with other settings; "
+                f"delete it to start afresh (settings now: {fingerprint})"
+            )
+        for name, obj in stateful.items():
+            obj.load_state_dict(state[name])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best_state = state["history"], state["best_state"]
+        best_score, best_epoch, first_epoch = state["best_score"], state["best_epoch"], state["epoch"]
+    bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc=desc, disable=not config.progress, leave=False)
+    for epoch in range(first_epoch, config.epochs):
         module.train()
         start, losses = time.perf_counter(), []
         for x, y in train.batches(config.batch_size, generator, config.augment):
-            loss, _ = objective(x, y)
+            with autocast:
+                loss, _ = objective(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -134,11 +157,36 @@ def fit(
         if score > best_score:
             best_score, best_epoch = score, epoch + 1
             best_state = copy.deepcopy(scored.state_dict())
+        if config.checkpoint_path:
+            _save_atomically(
+                {
+                    **{name: obj.state_dict() for name, obj in stateful.items()},
+                    "fingerprint": fingerprint,
+                    "epoch": epoch + 1,
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "best_state": best_state,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                },
+                Path(config.checkpoint_path),
+            )
     bar.close()
+    if config.checkpoint_path:
+        Path(config.checkpoint_path).unlink(missing_ok=True)
     best = copy.deepcopy(scored)
     best.load_state_dict(best_state)
     best.eval()
     return FitResult(best=best, history=history, best_epoch=best_epoch, best_score=best_score)
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    """Write then rename, so an interruption while saving never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def classification_objective(model: nn.Module) -> Callable:
@@ -187,6 +235,7 @@ class NeuMetaLoss:
     lambda_recon: float
     lambda_reg: float
     generator: torch.Generator
+    tensor_fraction: float = 1.0  # share of generated tensors that get gradients each step
 
     def __post_init__(self) -> None:
         self.full = self.spec.widths(0.0)
@@ -200,7 +249,13 @@ class NeuMetaLoss:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         widths = self.sample_widths()
-        weights = self.inr.generate(widths, noise=self.coord_noise, generator=self.generator)
+        trained = None
+        if self.tensor_fraction < 1.0:
+            # The paper's speed-up: only a random subset of tensors is back-propagated per step.
+            count = max(1, round(self.tensor_fraction * len(self.spec.tensors)))
+            pick = torch.randperm(len(self.spec.tensors), generator=self.generator)[:count]
+            trained = {self.spec.tensors[i].name for i in pick.tolist()}
+        weights = self.inr.generate(widths, noise=self.coord_noise, generator=self.generator, trained=trained)
         task = F.cross_entropy(self.spec.run(self.target, widths, weights, x), y)
         loss, logs = task, {"task": task.detach()}
         if self.lambda_recon > 0:

@@ -29,7 +29,7 @@ from ...models import build_model
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta import fuse, graph, permute
 from ...neumeta.inr import NeuMetaINR
-from ...neumeta.metrics import accuracy, count_params_and_macs, weight_norm
+from ...neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs, weight_norm
 from ...neumeta.morph import MorphSpec
 from ...neumeta.sample import load_inr, sample_model
 from ...neumeta.train import (
@@ -57,10 +57,10 @@ def prepare_data(data: dict, seed: int) -> dict:
     return splits
 
 
-def pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str) -> tuple[dict, list[dict]]:
+def pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str, task: str) -> tuple[dict, list[dict]]:
     """Train the full-width network that NeuMeta starts from; the best validation epoch is kept."""
     arch = ModelParams.model_validate(model).model_dump()
-    config = FitConfig(**FitParams.model_validate(pretrain).model_dump())
+    config = _fit_config(FitParams.model_validate(pretrain), task, "pretrain")
     dev = resolve_device(device)
     generator = seed_everything(seed)
     net = build_model(arch["name"], **arch["kwargs"]).to(dev)
@@ -102,8 +102,8 @@ def fuse_batchnorm(permuted_model: dict) -> dict:
 
 
 def train_inr(
-    fused_model: dict, splits: dict, morph: dict, inr: dict, train_inr: dict, seed: int, device: str
-) -> tuple[dict, list[dict]]:
+    fused_model: dict, splits: dict, morph: dict, inr: dict, train_inr: dict, seed: int, device: str, task: str
+) -> tuple[dict, dict]:
     """Fit the hypernetwork: task loss at sampled widths, reconstruction at full width, L2."""
     morph_p, inr_p = MorphParams.model_validate(morph), INRParams.model_validate(inr)
     train_p = TrainINRParams.model_validate(train_inr)
@@ -116,10 +116,9 @@ def train_inr(
     hyper = NeuMetaINR(spec, **inr_p.model_dump(), reference=target.state_dict()).to(dev)
     loss = NeuMetaLoss(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
-        train_p.lambda_recon, train_p.lambda_reg, generator,
+        train_p.lambda_recon, train_p.lambda_reg, generator, train_p.tensor_fraction,
     )
-    fit_fields = set(FitParams.model_fields)
-    config = FitConfig(**{k: v for k, v in train_p.model_dump().items() if k in fit_fields})
+    config = _fit_config(train_p, task, "train_inr")
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
     val_widths = [spec.widths(g) for g in train_p.validation_compressions]
 
@@ -191,13 +190,14 @@ def evaluate(
         net = load_model(checkpoint)
         gamma = float(checkpoint["compression"])
         n_params, n_macs = count_params_and_macs(net, x0)
-        norms[key] = weight_norm(net)
+        norms[gamma] = weight_norm(net)
         rows.append(
             _row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
                  accuracy(net, test, params.batch_size), n_params, n_macs, base_params, base_macs)
         )
     table = pd.DataFrame(rows)
-    alarms = _collapse_alarms(table[table.method == "neumeta"], norms, weight_norm(base))
+    ours = table[table.method == "neumeta"]
+    alarms = collapse_alarms(dict(zip(ours.compression, ours.accuracy)), norms, weight_norm(base))
     for alarm in alarms:
         log.warning("COLLAPSE ALARM (%s): %s", task, alarm)
     metrics = {
@@ -207,6 +207,14 @@ def evaluate(
         "collapse_alarms": alarms,
     }
     return metrics, table, _plotly_chart(table, task, (low, high)), _png_chart(table, task, (low, high))
+
+
+def _fit_config(params: FitParams, task: str, stage: str) -> FitConfig:
+    """The loop's settings; with ``resume`` on, an interrupted run continues from
+    ``data/06_models/<task>/<stage>_resume.pt`` (a working file, removed when the stage finishes)."""
+    fields = {k: v for k, v in params.model_dump().items() if k in FitConfig.__dataclass_fields__}
+    path = f"data/06_models/{task}/{stage}_resume.pt" if params.resume else None
+    return FitConfig(**fields, checkpoint_path=path)
 
 
 def _check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
@@ -230,17 +238,6 @@ def _row(task, method, gamma, seen, widths, acc, n_params, n_macs, base_params, 
         "params_reduction": 1.0 - n_params / base_params,
         "macs_reduction": 1.0 - n_macs / base_macs,
     }
-
-
-def _collapse_alarms(rows: pd.DataFrame, norms: dict, base_norm: float) -> list[str]:
-    """The collapse signature: one accuracy at every width, or generated weights that vanish."""
-    alarms = []
-    if len(rows) > 1 and rows.accuracy.nunique() == 1:
-        alarms.append(f"every width has accuracy {rows.accuracy.iloc[0]:.4f}: the generated part may have collapsed to an identity")
-    for key, norm in norms.items():
-        if norm < 1e-2 * base_norm:
-            alarms.append(f"compression {key}: weight norm {norm:.3g} is under 1% of the pretrained network's {base_norm:.3g}")
-    return alarms
 
 
 def _plotly_chart(table: pd.DataFrame, task: str, seen: tuple[float, float]) -> go.Figure:

@@ -14,14 +14,18 @@ from kedro.pipeline import Pipeline, node
 from . import nodes
 
 
+def _bind_task(func, task: str):
+    # Nodes that label results or keep resume files per task get the namespace bound, rather than
+    # a parameter that repeats it and could disagree.
+    return update_wrapper(partial(func, task=task), func)
+
+
 def _template(task: str) -> Pipeline:
-    # evaluate labels its table with the task; bind it rather than repeat the name in the parameters.
-    evaluate = update_wrapper(partial(nodes.evaluate, task=task), nodes.evaluate)
     return Pipeline(
         [
             node(nodes.prepare_data, ["params:data", "params:seed"], "splits", name="prepare_data"),
             node(
-                nodes.pretrain,
+                _bind_task(nodes.pretrain, task),
                 ["splits", "params:model", "params:pretrain", "params:seed", "params:device"],
                 ["pretrained_model", "pretrain_history"],
                 name="pretrain",
@@ -35,14 +39,14 @@ def _template(task: str) -> Pipeline:
             ),
             node(nodes.fuse_batchnorm, "permuted_model", "fused_model", name="fuse_batchnorm"),
             node(
-                nodes.train_inr,
+                _bind_task(nodes.train_inr, task),
                 ["fused_model", "splits", "params:morph", "params:inr", "params:train_inr", "params:seed", "params:device"],
                 ["inr_checkpoint", "inr_history"],
                 name="train_inr",
             ),
             node(nodes.sample_weights, ["inr_checkpoint", "fused_model", "params:sample"], "sampled_models", name="sample_weights"),
             node(
-                evaluate,
+                _bind_task(nodes.evaluate, task),
                 ["sampled_models", "pretrained_model", "fused_model", "splits", "params:morph", "params:evaluate"],
                 ["metrics", "accuracy_table", "accuracy_plot", "accuracy_plot_png"],
                 name="evaluate",
