@@ -13,7 +13,7 @@ from tests.pipelines.conftest import make_project
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 NODES = ["prepare_data", "pretrain", "extract_dependency_graph", "permute_weights", "fuse_batchnorm",
-         "train_inr", "sample_weights", "evaluate"]
+         "train_inr", "sample_weights", "export_onnx", "evaluate"]
 
 
 def kedro(project: Path, *args: str) -> str:

@@ -124,6 +124,12 @@ class SampleParams(_Section):
         return [_check_compression(v) for v in value]
 
 
+class ExportParams(_Section):
+    compression: float = Field(0.5, description="which sampled width to export; one of sample.compressions")
+    rtol: float = Field(1e-4, ge=0.0)
+    atol: float = Field(1e-5, ge=0.0)
+
+
 class EvaluateParams(_Section):
     batch_size: int = Field(1000, ge=1)
 
@@ -140,6 +146,15 @@ class TaskParams(_Section):
     train_inr: TrainINRParams
     sample: SampleParams
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+
+    @model_validator(mode="after")
+    def _export_is_sampled(self) -> TaskParams:
+        if self.export.compression not in self.sample.compressions:
+            raise ValueError(
+                f"export.compression {self.export.compression} is not one of sample.compressions {self.sample.compressions}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _device(self) -> TaskParams:

@@ -1,5 +1,5 @@
 """Kedro dataset classes of this project."""
 
-from .torch_checkpoint import TorchCheckpointDataset
+from .files import BytesDataset, TorchCheckpointDataset
 
-__all__ = ["TorchCheckpointDataset"]
+__all__ = ["BytesDataset", "TorchCheckpointDataset"]

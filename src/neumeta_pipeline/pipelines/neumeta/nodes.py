@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
+from pathlib import Path
 
 import matplotlib
 
@@ -16,6 +18,7 @@ import torch
 from ...config import (
     DataParams,
     EvaluateParams,
+    ExportParams,
     FitParams,
     INRParams,
     ModelParams,
@@ -28,6 +31,7 @@ from ...data import DeviceData, load_source, make_splits
 from ...models import build_model
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta import fuse, graph, permute
+from ...neumeta.export import export_onnx as onnx_export
 from ...neumeta.inr import NeuMetaINR
 from ...neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs, weight_norm
 from ...neumeta.morph import MorphSpec
@@ -207,6 +211,19 @@ def evaluate(
         "collapse_alarms": alarms,
     }
     return metrics, table, _plotly_chart(table, task, (low, high)), _png_chart(table, task, (low, high))
+
+
+def export_onnx(sampled_models: dict, export: dict) -> tuple[bytes, dict]:
+    """One sampled width as an ONNX file, checked against PyTorch with onnxruntime."""
+    params = ExportParams.model_validate(export)
+    checkpoint = sampled_models[f"{params.compression:g}"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        report = onnx_export(load_model(checkpoint), example_input(checkpoint["arch"], batch=2), path, params.rtol, params.atol)
+        data = path.read_bytes()
+    report = {**report, "compression": params.compression, "widths": checkpoint["widths"]}
+    report.pop("path")
+    return data, report
 
 
 def _fit_config(params: FitParams, task: str, stage: str) -> FitConfig:

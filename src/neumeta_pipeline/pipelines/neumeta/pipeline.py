@@ -45,6 +45,7 @@ def _template(task: str) -> Pipeline:
                 name="train_inr",
             ),
             node(nodes.sample_weights, ["inr_checkpoint", "fused_model", "params:sample"], "sampled_models", name="sample_weights"),
+            node(nodes.export_onnx, ["sampled_models", "params:export"], ["onnx_model", "onnx_report"], name="export_onnx"),
             node(
                 _bind_task(nodes.evaluate, task),
                 ["sampled_models", "pretrained_model", "fused_model", "splits", "params:morph", "params:evaluate"],

@@ -1,12 +1,13 @@
-"""A versioned Kedro dataset for torch checkpoints (dicts of tensors and plain values).
+"""Versioned Kedro datasets for torch checkpoints and raw bytes (ONNX files).
 
-Loading uses ``torch.load(..., weights_only=True)``: a checkpoint may only hold tensors, numbers,
-strings, lists and dicts, so opening a file never runs code from it. Everything this project
-stores (models, INR checkpoints, data splits) is written in that form.
+Checkpoints load with ``torch.load(..., weights_only=True)``: a checkpoint may only hold tensors,
+numbers, strings, lists and dicts, so opening a file never runs code from it. Everything this
+project stores (models, INR checkpoints, data splits) is written in that form.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from copy import deepcopy
 from pathlib import PurePosixPath
 from typing import Any
@@ -22,8 +23,8 @@ from kedro.io.core import (
 )
 
 
-class TorchCheckpointDataset(AbstractVersionedDataset[dict, dict]):
-    """``torch.save`` / ``torch.load(weights_only=True)`` on any fsspec filesystem, versionable."""
+class _VersionedFile(AbstractVersionedDataset):
+    """One file on any fsspec filesystem, versionable; subclasses say how to read and write it."""
 
     def __init__(
         self,
@@ -48,21 +49,21 @@ class TorchCheckpointDataset(AbstractVersionedDataset[dict, dict]):
             glob_function=self._fs.glob,
         )
 
-    def load(self) -> dict:
+    @abstractmethod
+    def _read(self, stream, path: str): ...
+
+    @abstractmethod
+    def _write(self, data, stream) -> None: ...
+
+    def load(self):
         path = get_filepath_str(self._get_load_path(), self._protocol)
         with self._fs.open(path, "rb") as stream:
-            try:
-                return torch.load(stream, map_location="cpu", weights_only=True)
-            except Exception as exc:  # a file from elsewhere, or one holding arbitrary objects
-                raise DatasetError(
-                    f"{path} is not a checkpoint that loads with weights_only=True "
-                    f"(only tensors, numbers, strings, lists and dicts are accepted): {exc}"
-                ) from exc
+            return self._read(stream, path)
 
-    def save(self, data: dict) -> None:
+    def save(self, data) -> None:
         path = get_filepath_str(self._get_save_path(), self._protocol)
         with self._fs.open(path, "wb") as stream:
-            torch.save(data, stream)
+            self._write(data, stream)
         self._invalidate_cache()
 
     def _describe(self) -> dict[str, Any]:
@@ -81,3 +82,31 @@ class TorchCheckpointDataset(AbstractVersionedDataset[dict, dict]):
 
     def _invalidate_cache(self) -> None:
         self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
+
+
+class TorchCheckpointDataset(_VersionedFile):
+    """``torch.save`` / ``torch.load(weights_only=True)``."""
+
+    def _read(self, stream, path: str) -> dict:
+        try:
+            return torch.load(stream, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a file from elsewhere, or one holding arbitrary objects
+            raise DatasetError(
+                f"{path} is not a checkpoint that loads with weights_only=True "
+                f"(only tensors, numbers, strings, lists and dicts are accepted): {exc}"
+            ) from exc
+
+    def _write(self, data: dict, stream) -> None:
+        torch.save(data, stream)
+
+
+class BytesDataset(_VersionedFile):
+    """A file's bytes as they are (an exported ONNX model)."""
+
+    def _read(self, stream, path: str) -> bytes:
+        return stream.read()
+
+    def _write(self, data: bytes, stream) -> None:
+        if not isinstance(data, bytes):
+            raise DatasetError(f"BytesDataset saves bytes, got {type(data).__name__}")
+        stream.write(data)

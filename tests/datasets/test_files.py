@@ -29,3 +29,13 @@ def test_a_file_holding_arbitrary_objects_is_refused(tmp_path):
     torch.save({"payload": Exploit()}, path, pickle_module=pickle)
     with pytest.raises(DatasetError, match="weights_only=True"):
         TorchCheckpointDataset(filepath=str(path)).load()
+
+
+def test_bytes_round_trip_and_wrong_type(tmp_path):
+    from neumeta_pipeline.datasets import BytesDataset
+
+    dataset = BytesDataset(filepath=str(tmp_path / "model.onnx"), version=Version(None, None))
+    dataset.save(b"\x08\x01onnx")
+    assert BytesDataset(filepath=str(tmp_path / "model.onnx"), version=Version(None, None)).load() == b"\x08\x01onnx"
+    with pytest.raises(DatasetError, match="saves bytes"):
+        BytesDataset(filepath=str(tmp_path / "other.onnx")).save("text")
