@@ -7,13 +7,10 @@ import math
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # nodes run headless; a chart is a file, never a window
-import matplotlib.pyplot as plt
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from matplotlib.figure import Figure
 
 from ...config import (
     DataParams,
@@ -176,7 +173,7 @@ def evaluate(
     morph: dict,
     evaluate_params: dict,
     task: str,
-) -> tuple[dict, pd.DataFrame, go.Figure, plt.Figure]:
+) -> tuple[dict, pd.DataFrame, go.Figure, Figure]:
     """Test accuracy, parameters and MACs of every sampled width next to the pretrained network.
 
     Reductions are relative to the fused full-width network, the deployable form of the
@@ -220,6 +217,8 @@ def export_onnx(sampled_models: dict, export: dict) -> tuple[bytes, dict]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         report = onnx_export(load_model(checkpoint), example_input(checkpoint["arch"], batch=2), path, params.rtol, params.atol)
+        if report["external_data"]:
+            raise RuntimeError("the network's weights exceed the single-file ONNX limit; export it with neumeta.export directly")
         data = path.read_bytes()
     report = {**report, "compression": params.compression, "widths": checkpoint["widths"]}
     report.pop("path")
@@ -270,14 +269,15 @@ def _plotly_chart(table: pd.DataFrame, task: str, seen: tuple[float, float]) -> 
     return fig
 
 
-def _png_chart(table: pd.DataFrame, task: str, seen: tuple[float, float]) -> plt.Figure:
+def _png_chart(table: pd.DataFrame, task: str, seen: tuple[float, float]) -> Figure:
+    # A bare Figure, not pyplot: no global backend switch, no window, nothing left open.
     ours = table[table.method == "neumeta"].sort_values("compression")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.axvspan(100 * seen[0], 100 * seen[1], color="lightgrey", alpha=0.5, label="trained widths")
     ax.plot(100 * ours.compression, 100 * ours.accuracy, "o-", label="NeuMeta")
     ax.axhline(100 * table.accuracy.iloc[0], ls="--", color="black", label="pretrained (full width)")
     ax.set(xlabel="compression of morphable channels (%)", ylabel="test accuracy (%)", title=f"{task}: accuracy vs compression")
     ax.legend()
     fig.tight_layout()
-    plt.close(fig)
     return fig
