@@ -19,7 +19,9 @@ A training step is what ``fit`` does per batch in the pipeline's ``train_inr`` n
 ``MorphSpec.run``, cross-entropy + lambda_recon * full-width reconstruction + lambda_reg * L2),
 backward, gradient clipping, AdamW step and EMA update (clipping and EMA as configured). Each step
 is timed on its own and the median is reported, after warm-up steps; the compression (and so the
-width and the cost) is drawn per step from the seeded generator, so min/max are shown too.
+width and the cost) is drawn per step from the seeded generator, so min/max are shown too. Each
+case also reports how many CPUs other processes kept busy while it ran (Linux): on a shared
+machine a timing taken while another process held a core is not a measurement of this code.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ EPOCHS = 200
 
 # Default timed steps per case. On a 2-core CPU a step of c costs seconds, so the slow cases get
 # fewer steps to keep the whole run near three minutes; a GPU can afford many more.
-DEFAULT_STEPS = {"cpu": {"a": 30, "b": 8, "c": 4}, "cuda": {"a": 100, "b": 100, "c": 50}}
-DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
-DEFAULT_SAMPLE_REPEATS = {"cpu": 3, "cuda": 5}
+DEFAULT_STEPS = {"cpu": {"a": 50, "b": 20, "c": 10}, "cuda": {"a": 100, "b": 100, "c": 50}}
+DEFAULT_WARMUP = {"cpu": 3, "cuda": 10}
+DEFAULT_SAMPLE_REPEATS = {"cpu": 5, "cuda": 5}
 
 ALL_BLOCKS = {"generated": ["layer*.*.conv1", "layer*.*.conv2"], "morphable": ["layer*.*.conv1"]}
 
@@ -85,11 +87,63 @@ def device_name(device: torch.device) -> str:
     return f"CPU {name} ({os.cpu_count()} logical CPUs)"
 
 
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MiB"
+    try:
+        import resource
+
+        # ru_maxrss is in KiB on Linux; it is the process's peak so far, not this case's alone.
+        return f"process peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:,.0f} MiB"
+    except (ImportError, OSError):
+        return "peak memory unknown"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def load_average() -> str:
     try:
         return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "load average unavailable"
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat; None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    guest = sum(fields[8:10])  # guest time is already counted in user/nice
+    return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How many CPUs other processes kept busy over an interval: the machine's busy CPU time minus
+    this process's. The load average lags by a minute; this says whether a timing was shared."""
+
+    def __enter__(self) -> OtherLoad:
+        self.busy, self.own, self.tic = _busy_seconds(), _own_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = _busy_seconds()
+        wall = time.perf_counter() - self.tic
+        if self.busy is None or end is None or wall <= 0:
+            self.text = "other processes: unknown"
+            return
+        others = max(0.0, (end - self.busy) - (_own_seconds() - self.own)) / wall
+        self.text = f"other processes busy on {others:.2f} of {os.cpu_count()} CPUs meanwhile"
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 class Case:
@@ -177,18 +231,19 @@ def time_sampling(device: torch.device, seed: int, warmup: int, repeats: int) ->
     for i in range(warmup + repeats):
         synchronize(device)
         tic = time.perf_counter()
-        net = sample_model(case.inr, case.target, widths, samples=samples, noise=sample_p["noise"], seed=sample_p["seed"])
+        net = sample_model(case.inr, case.target, widths, samples, sample_p["noise"], sample_p["seed"])
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - tic)
-    assert sum(p.numel() for p in net.parameters()) > 0
+        del net
     return case, times, samples
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (auto: cuda when available)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per training case (default: per case and device)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per training case (default: per case and device)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (and sample calls) first")
     parser.add_argument("--sample-repeats", type=int, default=None, help="timed sample_model calls")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -204,6 +259,8 @@ def main() -> None:
     unknown = set(cases) - set(CASES) - {"sample"}
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; choose from a, b, c, sample")
+    if any(v is not None and v < 1 for v in (args.steps, args.sample_repeats)):
+        parser.error("--steps and --sample-repeats must be >= 1 (there is no median of nothing)")
 
     wall = time.perf_counter()
     print(f"torch {torch.__version__} | device {device} = {device_name(device)} | "
@@ -217,13 +274,14 @@ def main() -> None:
         label, task, override = CASES[key]
         case = Case(key, label, task, override, device, args.seed)
         steps = DEFAULT_STEPS[kind][key] if args.steps is None else args.steps
-        times = case.time_steps(warmup, steps)
+        reset_peak_memory(device)
+        with OtherLoad() as other:
+            times = case.time_steps(warmup, steps)
         med = statistics.median(times)
         results[key] = med
         rows.append((label, case.generated_params, case.inr_params, steps, med, min(times), max(times)))
-        print(f"  {label}: {case.summary}", flush=True)
-        if device.type == "cuda":
-            print(f"     peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB", flush=True)
+        # Printed with the CPU time other processes took meanwhile: a shared core invalidates a timing.
+        print(f"  {label}: {case.summary} [{other.text}; {peak_memory(device)}]", flush=True)
         del case
 
     if rows:
@@ -239,19 +297,22 @@ def main() -> None:
         hours = ms * CIFAR_STEPS_PER_EPOCH * EPOCHS / 3.6e6
         hours_pipe = ms * PIPELINE_STEPS_PER_EPOCH * EPOCHS / 3.6e6
         print(f"\n200-epoch CIFAR extrapolation for b: {ms:.1f} ms/step x {CIFAR_STEPS_PER_EPOCH} steps/epoch x "
-              f"{EPOCHS} epochs = {hours:.2f} h on this device (paper: {PAPER_CIFAR_GPU_HOURS} GPU-hours); "
-              f"the pipeline's 45,000-image split ({PIPELINE_STEPS_PER_EPOCH} steps/epoch) gives {hours_pipe:.2f} h. "
-              "Validation and the reconstruction warm start are not included.")
+              f"{EPOCHS} epochs = {hours:.2f} h on this device (paper: {PAPER_CIFAR_GPU_HOURS} GPU-hours)")
+        print(f"  the pipeline's 45,000-image training split ({PIPELINE_STEPS_PER_EPOCH} steps/epoch): "
+              f"{hours_pipe:.2f} h; validation and the reconstruction warm start not included")
 
     if "sample" in cases:
         repeats = DEFAULT_SAMPLE_REPEATS[kind] if args.sample_repeats is None else args.sample_repeats
         sample_warmup = min(warmup, 1)  # one untimed call is enough here: each call is large
-        case, times, samples = time_sampling(device, args.seed, sample_warmup, repeats)
+        reset_peak_memory(device)
+        with OtherLoad() as other:
+            case, times, samples = time_sampling(device, args.seed, sample_warmup, repeats)
         rows_k = sum(math.prod(case.spec.channels(t, case.spec.widths(0.0))) for t in case.spec.tensors) * samples
         print(f"\nsample_model, ResNet20 all blocks (as c), compression 0, K = {samples}: "
               f"{statistics.median(times):.2f} s median over {repeats} calls "
               f"(min {min(times):.2f}, max {max(times):.2f}; {sample_warmup} untimed first); "
-              f"{rows_k:,} INR coordinate evaluations, {case.generated_params:,} weights written")
+              f"{rows_k:,} INR coordinate evaluations, {case.generated_params:,} weights written "
+              f"[{other.text}; {peak_memory(device)}]")
 
     print(f"\ntotal wall time {time.perf_counter() - wall:.0f} s | {load_average()} at end")
 

@@ -131,9 +131,10 @@ def train_inr(
             scores.append(accuracy(lambda x: spec.run(target, widths, weights, x), val))
         return sum(scores) / len(scores)
 
-    warm = fit_reconstruction(
-        hyper, loss.reference, train_p.reconstruction_steps, train_p.reconstruction_lr, train_p.coord_noise, generator
-    )
+    # An interrupted run resumes from its own saved state, so its warm start is not redone.
+    resuming = config.checkpoint_path is not None and Path(config.checkpoint_path).exists()
+    steps = 0 if resuming else train_p.reconstruction_steps
+    warm = fit_reconstruction(hyper, loss.reference, steps, train_p.reconstruction_lr, train_p.coord_noise, generator)
     if warm:
         log.info("INR reconstruction warm start: error %.4f -> %.4f in %d steps", warm[0], warm[-1], len(warm))
     result = fit(hyper, loss, train, validate, config, generator, "train_inr")
