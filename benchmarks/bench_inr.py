@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/bench_inr.py [--device auto|cpu|cuda] [--steps N] [--threads N]
                                       [--warmup N] [--sample-repeats N] [--cases a,b,c,sample] [--seed S]
+                                      [--tensor-fraction F]
 
 Measured, all with random-init networks (no checkpoint or data set needed; timings do not depend
 on the weight values):
@@ -17,7 +18,8 @@ on the weight values):
 A training step is what ``fit`` does per batch in the pipeline's ``train_inr`` node: the
 ``NeuMetaLoss`` (sample a compression, generate the weights, run the frozen target with
 ``MorphSpec.run``, cross-entropy + lambda_recon * full-width reconstruction + lambda_reg * L2),
-backward, gradient clipping, AdamW step and EMA update (clipping and EMA as configured). Each step
+backward, gradient clipping, AdamW step and EMA update (clipping, EMA, ``tensor_fraction`` and
+``precision`` as configured; the config's defaults are fp32 and every tensor trained). Each step
 is timed on its own and the median is reported, after warm-up steps; the compression (and so the
 width and the cost) is drawn per step from the seeded generator, so min/max are shown too. Each
 case also reports how many CPUs other processes kept busy while it ran (Linux): on a shared
@@ -149,7 +151,16 @@ def _own_seconds() -> float:
 class Case:
     """One INR training setting: the frozen target, its MorphSpec, the INR, loss, optimiser, EMA."""
 
-    def __init__(self, key: str, label: str, task: str, morph_override: dict | None, device: torch.device, seed: int):
+    def __init__(
+        self,
+        key: str,
+        label: str,
+        task: str,
+        morph_override: dict | None,
+        device: torch.device,
+        seed: int,
+        tensor_fraction: float | None = None,
+    ):
         params = load_params(task)
         model_p, morph_p, inr_p, train_p = params["model"], params["morph"], params["inr"], params["train_inr"]
         morph = {**morph_p, **(morph_override or {})}
@@ -164,10 +175,15 @@ class Case:
         self.spec = MorphSpec(target, torch.zeros(1, *shape, device=device), morph["generated"], morph["morphable"])
         self.inr = NeuMetaINR(self.spec, **inr_p, reference=target.state_dict()).to(device)
         self.target = target
+        # Both default as in the pipeline's TrainINRParams when the config leaves them out.
+        fraction = train_p.get("tensor_fraction", 1.0) if tensor_fraction is None else tensor_fraction
+        precision = train_p.get("precision", "fp32")
         self.loss = NeuMetaLoss(
             self.inr, target, self.spec, tuple(morph["compression_range"]), train_p["coord_noise"],
-            train_p["lambda_recon"], train_p["lambda_reg"], generator,
+            train_p["lambda_recon"], train_p["lambda_reg"], generator, fraction,
         )
+        # fit autocasts only the objective (forward); backward and the optimiser stay outside.
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         self.params = [p for p in self.inr.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=train_p["lr"], weight_decay=train_p.get("weight_decay", 0.0))
         self.grad_clip = train_p.get("grad_clip")
@@ -185,12 +201,14 @@ class Case:
             f"{len(self.spec.tensors)} tensors of {len(self.spec.generated_modules)} modules generated, "
             f"morphable {self.spec.full_widths}; INR F={inr_p['num_frequencies']} hidden={inr_p['hidden']} "
             f"depth={inr_p['depth']}; compression {morph['compression_range']}, noise {train_p['coord_noise']}, "
-            f"recon {train_p['lambda_recon']}, reg {train_p['lambda_reg']}, clip {self.grad_clip}, EMA {ema_decay}"
+            f"recon {train_p['lambda_recon']}, reg {train_p['lambda_reg']}, clip {self.grad_clip}, EMA {ema_decay}, "
+            f"tensor_fraction {fraction}, {precision}"
         )
 
     def step(self) -> None:
         """One batch of ``fit``'s inner loop (the LR schedule's bookkeeping left out: it is free)."""
-        loss, _ = self.loss(self.x, self.y)
+        with self.autocast:
+            loss, _ = self.loss(self.x, self.y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
@@ -248,6 +266,8 @@ def main() -> None:
     parser.add_argument("--sample-repeats", type=int, default=None, help="timed sample_model calls")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--cases", default="a,b,c,sample")
+    parser.add_argument("--tensor-fraction", type=float, default=None,
+                        help="NeuMetaLoss tensor_fraction for the training cases (default: the config's, else 1.0)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -261,6 +281,8 @@ def main() -> None:
         parser.error(f"unknown cases {sorted(unknown)}; choose from a, b, c, sample")
     if any(v is not None and v < 1 for v in (args.steps, args.sample_repeats)):
         parser.error("--steps and --sample-repeats must be >= 1 (there is no median of nothing)")
+    if args.tensor_fraction is not None and not 0.0 < args.tensor_fraction <= 1.0:
+        parser.error("--tensor-fraction must be in (0, 1]")
 
     wall = time.perf_counter()
     print(f"torch {torch.__version__} | device {device} = {device_name(device)} | "
@@ -272,7 +294,7 @@ def main() -> None:
     rows = []
     for key in (c for c in cases if c in CASES):
         label, task, override = CASES[key]
-        case = Case(key, label, task, override, device, args.seed)
+        case = Case(key, label, task, override, device, args.seed, args.tensor_fraction)
         steps = DEFAULT_STEPS[kind][key] if args.steps is None else args.steps
         reset_peak_memory(device)
         with OtherLoad() as other:

@@ -130,3 +130,15 @@ def test_tensor_subset_trains_only_the_picked_tensors():
     loss.backward()
     with_grad = [t.name for t, mlp in zip(spec.tensors, inr.mlps) if mlp.out.weight.grad is not None]
     assert len(with_grad) == 2  # a quarter of LeNet's 8 generated tensors
+
+
+def test_tensor_subset_also_limits_the_reconstruction_term():
+    generator = seed_everything(1)
+    target = build_model("lenet", width=4).eval()
+    spec = MorphSpec(target, torch.zeros(1, 1, 28, 28))
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=16, depth=1)
+    loss_fn = NeuMetaLoss(inr, target, spec, (0.25, 0.5), 1.0, 1.0, 0.0, generator, tensor_fraction=0.25)
+    x, y = next(DeviceData(_blobs(32), "train", "cpu").batches(32))
+    loss, _ = loss_fn(x, y)  # compression >= 0.25: the reconstruction needs a second, full-width call
+    loss.backward()
+    assert sum(mlp.out.weight.grad is not None for mlp in inr.mlps) == 2

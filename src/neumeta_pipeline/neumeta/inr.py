@@ -87,13 +87,13 @@ class NeuMetaINR(nn.Module):
         weights = {}
         for i, (tensor, mlp) in enumerate(zip(self.spec.tensors, self.mlps)):
             raw = raw_coordinates(self.spec, tensor, widths, device=device)
-            if samples > 1:
-                raw = raw.repeat(samples, 1)
-            raw = add_noise(raw, noise, generator)
+            n = len(raw)
+            # All K noisy copies are drawn at once (one seeded stream), but evaluated one copy at a
+            # time: K copies in one call would hold K times the hidden activations in memory.
+            noisy = add_noise(raw.repeat(samples, 1) if samples > 1 else raw, noise, generator)
             with torch.set_grad_enabled(torch.is_grad_enabled() and (trained is None or tensor.name in trained)):
-                values = mlp(self.features(normalise(raw, self.spec.norm))) * self.out_scale[i] + self.out_shift[i]
-            if samples > 1:
-                values = values.view(samples, -1, tensor.kernel).mean(dim=0)
+                values = sum(mlp(self.features(normalise(noisy[k * n : (k + 1) * n], self.spec.norm))) for k in range(samples))
+                values = (values / samples) * self.out_scale[i] + self.out_shift[i]
             weights[tensor.name] = self._to_layout(tensor, widths, values)
         return weights
 

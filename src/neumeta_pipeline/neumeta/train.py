@@ -259,7 +259,9 @@ class NeuMetaLoss:
         task = F.cross_entropy(self.spec.run(self.target, widths, weights, x), y)
         loss, logs = task, {"task": task.detach()}
         if self.lambda_recon > 0:
-            full = weights if widths == self.full else self.inr.generate(self.full, noise=self.coord_noise, generator=self.generator)
+            full = weights if widths == self.full else self.inr.generate(
+                self.full, noise=self.coord_noise, generator=self.generator, trained=trained
+            )
             recon = self.inr.standardised_error(full, self.reference)
             loss = loss + self.lambda_recon * recon
             logs["recon"] = recon.detach()
