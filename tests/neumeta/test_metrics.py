@@ -2,7 +2,16 @@ import torch
 
 from neumeta_pipeline.data import DeviceData
 from neumeta_pipeline.models import build_model
-from neumeta_pipeline.neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs
+import pytest
+
+from neumeta_pipeline.neumeta.metrics import (
+    accuracy,
+    collapse_alarms,
+    count_params_and_macs,
+    features_and_logits,
+    linear_cka,
+    mean_kl,
+)
 
 
 def test_accuracy_counts_correct_predictions():
@@ -28,3 +37,42 @@ def test_collapse_alarm_on_equal_accuracies_and_vanishing_norms():
     assert len(same) == 1 and "every width" in same[0]
     tiny = collapse_alarms({0.0: 0.9, 0.5: 0.8}, {0.0: 10.0, 0.5: 0.01}, 10.0)
     assert len(tiny) == 1 and "0.5" in tiny[0]
+
+
+def test_linear_cka_of_a_representation_with_itself_is_one():
+    x = torch.randn(50, 20, generator=torch.Generator().manual_seed(0))
+    assert abs(linear_cka(x, x) - 1.0) < 1e-12
+    wide = torch.randn(10, 300, generator=torch.Generator().manual_seed(1))  # Gram-matrix branch
+    assert abs(linear_cka(wide, wide) - 1.0) < 1e-12
+
+
+def test_linear_cka_is_invariant_to_orthogonal_transforms_and_scale():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 12, generator=gen), torch.randn(60, 8, generator=gen)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=torch.float64))
+    rotated = (x.double() @ q) * 3.0 + 5.0  # rotation, isotropic scale and a shift (removed by centring)
+    assert abs(linear_cka(rotated, x) - 1.0) < 1e-10
+    assert abs(linear_cka(rotated, y) - linear_cka(x, y)) < 1e-10
+    assert linear_cka(x, y) < 0.5  # independent noise is far from aligned
+    # Both branches (n x n Gram matrices, d x d covariances) give one value.
+    small = x[:10]
+    assert abs(linear_cka(small, small @ q.float()[:, :5]) - linear_cka(small.repeat(1, 2), (small @ q.float()[:, :5]).repeat(1, 2))) < 1e-6
+
+
+def test_linear_cka_rejects_mismatched_examples():
+    with pytest.raises(ValueError, match="same n"):
+        linear_cka(torch.randn(5, 3), torch.randn(6, 3))
+
+
+def test_mean_kl_is_zero_for_equal_outputs_and_positive_otherwise():
+    p = torch.randn(20, 10, generator=torch.Generator().manual_seed(0))
+    assert mean_kl(p, p) == 0.0 and abs(mean_kl(p, p + 7.0)) < 1e-12  # softmax ignores a shift
+    assert mean_kl(p, torch.zeros_like(p)) > 0
+
+
+def test_features_and_logits_capture_the_named_layer():
+    net = build_model("lenet", width=2).eval()
+    feats, logits = features_and_logits(net, "fc1", torch.randn(7, 1, 28, 28), batch_size=3)
+    assert feats.shape == (7, 8) and logits.shape == (7, 10)
+    with pytest.raises(ValueError, match="no layer 'fc9'"):
+        features_and_logits(net, "fc9", torch.randn(1, 1, 28, 28))

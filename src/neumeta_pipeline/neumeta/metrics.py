@@ -41,3 +41,49 @@ def collapse_alarms(accuracies: dict[float, float], norms: dict[float, float], r
         if norm < 1e-2 * reference_norm:
             alarms.append(f"compression {gamma:g}: weight norm {norm:.3g} is under 1% of the pretrained {reference_norm:.3g}")
     return alarms
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear centred kernel alignment of two representations of the same ``n`` examples.
+
+    ``x`` is (n, d1) and ``y`` is (n, d2) (other shapes are flattened per example). 1 means the
+    same representation up to rotation and isotropic scale; it is computed through whichever of
+    the n x n Gram matrices or the d1 x d2 cross-covariance is smaller (the two are equal).
+    """
+    if x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise ValueError(f"CKA needs the same n >= 2 examples in both, got {x.shape[0]} and {y.shape[0]}")
+    x = x.flatten(1).double()
+    y = y.flatten(1).double()
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    if x.shape[0] <= max(x.shape[1], y.shape[1]):
+        kx, ky = x @ x.T, y @ y.T
+        cross, norm_x, norm_y = (kx * ky).sum(), kx.norm(), ky.norm()
+    else:
+        cross, norm_x, norm_y = (y.T @ x).pow(2).sum(), (x.T @ x).norm(), (y.T @ y).norm()
+    if norm_x == 0 or norm_y == 0:
+        raise ValueError("CKA is undefined for a constant representation")
+    return float(cross / (norm_x * norm_y))
+
+
+def mean_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    """Mean over examples of KL(p || q) between the softmax outputs of two models."""
+    log_p, log_q = torch.log_softmax(p_logits.double(), 1), torch.log_softmax(q_logits.double(), 1)
+    return float((log_p.exp() * (log_p - log_q)).sum(1).mean())
+
+
+@torch.no_grad()
+def features_and_logits(model: nn.Module, layer: str, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of submodule ``layer`` (flattened per example) and the logits, for ``images``."""
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(f"the model has no layer {layer!r}; layers: {', '.join(names)}") from None
+    captured = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().flatten(1)))
+    try:
+        logits = torch.cat([model.eval()(x) for x in images.split(batch_size)])
+    finally:
+        handle.remove()
+    return torch.cat(captured), logits

@@ -138,17 +138,7 @@ class MorphSpec:
         """Parameters and buffers that are not generated, sliced to ``widths`` where they touch a
         morphable group (e.g. a frozen consumer of a generated layer's channels)."""
         generated = {t.name for t in self.tensors}
-        state = {k: v for k, v in _named_tensors(model).items() if k not in generated}
-        for group in self.groups:
-            width = widths.get(group.name)
-            if width is None or width == group.size:
-                continue
-            keep = torch.arange(width)
-            for member in group.members:
-                if member.tensor in state:
-                    index = channel_index(member, keep).to(state[member.tensor].device)
-                    state[member.tensor] = state[member.tensor].index_select(member.dim, index)
-        return state
+        return slice_channels({k: v for k, v in named_tensors(model).items() if k not in generated}, self.groups, widths)
 
     def run(self, model: nn.Module, widths: dict[str, int], weights: dict[str, torch.Tensor], x: torch.Tensor):
         """Forward ``x`` through ``model`` at ``widths`` with the generated ``weights`` (no in-place writes)."""
@@ -181,22 +171,36 @@ class MorphSpec:
 def resize(model: nn.Module, groups: list[ChannelGroup], widths: dict[str, int]) -> nn.Module:
     """A standalone copy of ``model`` keeping the first ``widths[g]`` channels of each named group;
     module attributes (``out_channels``, ``in_features``, ...) follow the new shapes."""
+    model = copy.deepcopy(model)
+    _assign(model, slice_channels(named_tensors(model), groups, widths))
+    return model
+
+
+def slice_channels(
+    tensors: dict[str, torch.Tensor], groups: list[ChannelGroup], widths: dict[str, int]
+) -> dict[str, torch.Tensor]:
+    """``tensors`` (state-dict names) with the first ``widths[g]`` channels of each named group kept.
+
+    Tensors a group does not touch are returned as they are; slicing is differentiable, so a
+    shared full-width parameter can be trained through any of its narrower views.
+    """
     known = {g.name: g for g in groups}
     unknown = set(widths) - set(known)
     if unknown:
         raise ValueError(f"unknown channel groups {sorted(unknown)}; known: {sorted(known)}")
-    model = copy.deepcopy(model)
-    tensors = _named_tensors(model)
+    out = dict(tensors)
     for name, width in widths.items():
         group = known[name]
         if not 1 <= width <= group.size:
             raise ValueError(f"width of {name} must be in [1, {group.size}], got {width}")
+        if width == group.size:
+            continue
         keep = torch.arange(width)
         for member in group.members:
-            t = tensors[member.tensor]
-            tensors[member.tensor] = t.index_select(member.dim, channel_index(member, keep).to(t.device))
-    _assign(model, tensors)
-    return model
+            if member.tensor in out:
+                t = out[member.tensor]
+                out[member.tensor] = t.index_select(member.dim, channel_index(member, keep).to(t.device))
+    return out
 
 
 def _assign(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -221,7 +225,8 @@ def _assign(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
 
 
-def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by state-dict name (the tensors a width configuration slices)."""
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
