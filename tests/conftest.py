@@ -64,6 +64,19 @@ def write_cifar(root: Path, classes: int = 10, per_batch: int = 40, seed: int = 
     return root
 
 
+def write_npz(path: Path, n_train: int = 200, n_test: int = 100, classes: int = 10, seed: int = 0) -> Path:
+    """An arrays file like a partial CIFAR-10 export: uint8 NCHW images and integer labels."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % classes
+        arrays[f"x_{split}"] = _cifar_images(labels, classes, rng).reshape(n, 3, 32, 32)
+        arrays[f"y_{split}"] = labels.astype(np.int64)
+    np.savez(path, **arrays)
+    return path
+
+
 @pytest.fixture
 def mnist_root(tmp_path: Path) -> Path:
     return write_mnist(tmp_path / "raw")

@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 from neumeta_pipeline.pipeline_registry import TASKS
+from neumeta_pipeline.pipelines.compare import BASELINES
 from tests.pipelines.conftest import make_project
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 NODES = ["prepare_data", "pretrain", "extract_dependency_graph", "permute_weights", "fuse_batchnorm",
          "train_inr", "sample_weights", "export_onnx", "evaluate"]
+COMPARE_NODES = ["train_individual", "train_slimmable", "prune_pretrained", "train_distilled", "evaluate_individual",
+                 "evaluate_slimmable", "evaluate_pruning", "evaluate_distilled", "compare_methods", "analyse_similarity"]
 
 
 def kedro(project: Path, *args: str) -> str:
@@ -23,10 +26,13 @@ def kedro(project: Path, *args: str) -> str:
     return done.stdout
 
 
-def test_registry_lists_every_task(tmp_path):
+def test_registry_lists_every_task_with_its_baselines(tmp_path):
     out = kedro(make_project(tmp_path), "registry", "list")
     for task in (*TASKS, "__default__"):
         assert f"- {task}" in out
+    for task in TASKS:
+        for suffix in (*BASELINES, "compare"):
+            assert f"- {task}_{suffix}" in out
 
 
 def test_viz_build_lists_every_node_of_every_task(tmp_path):
@@ -41,6 +47,10 @@ def test_viz_build_lists_every_node_of_every_task(tmp_path):
     for task in TASKS:
         graph = json.loads((api / "pipelines" / task).read_text())
         assert {n["full_name"] for n in graph["nodes"] if n["type"] == "task"} == {f"{task}.{n}" for n in NODES}
+        # The comparison's lineage: every baseline and both reports beside the NeuMeta chain.
+        compare = json.loads((api / "pipelines" / f"{task}_compare").read_text())
+        names = {n["full_name"] for n in compare["nodes"] if n["type"] == "task"}
+        assert names == {f"{task}.{n}" for n in (*NODES, *COMPARE_NODES)}
 
 
 def test_run_with_the_deprecated_pipeline_flag(tmp_path):

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from neumeta_pipeline.config import validate_task
+from neumeta_pipeline.pipeline_registry import TASKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -12,7 +13,7 @@ def _params(task: str) -> dict:
     return yaml.safe_load((CONF / f"parameters_{task}.yml").read_text())[task]
 
 
-@pytest.mark.parametrize("task", ["mnist_offline", "mnist", "cifar10", "cifar100"])
+@pytest.mark.parametrize("task", TASKS)
 def test_shipped_parameters_are_valid(task):
     validate_task(task, _params(task))
 
@@ -27,6 +28,11 @@ def test_shipped_parameters_are_valid(task):
         (("sample", "samples"), 0, "sample.samples"),
         (("train_inr", "lr"), "fast", "train_inr.lr"),
         (("pretrain", "epoch"), 3, "pretrain.epoch"),  # a typo is an error, not ignored
+        (("baselines", "compressions"), [0.0, 0.3], "\\[0.3\\] are not in sample.compressions"),
+        (("baselines", "compressions"), [0.25, 0.5], "must include 0.0"),
+        (("baselines", "slimmable_compressions"), [0.25, 0.5], "at least as wide"),
+        (("baselines", "pruning_importances"), ["l1", "snip"], "baselines.pruning_importances"),
+        (("similarity",), None, "similarity"),
     ],
 )
 def test_invalid_parameters_are_rejected_with_the_key(path, value, message):

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .baselines.pruning import IMPORTANCES
 from .data import SOURCES
 from .models import MODELS
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
@@ -134,6 +135,42 @@ class EvaluateParams(_Section):
     batch_size: int = Field(1000, ge=1)
 
 
+class BaselineParams(_Section):
+    """The methods NeuMeta is compared against; each is trained with the ``pretrain`` recipe."""
+
+    compressions: list[float] = Field([0.0, 0.25, 0.5, 0.75], min_length=1, description="widths every baseline is built at")
+    slimmable_compressions: list[float] = Field([0.0, 0.25, 0.5], min_length=1, description="widths the Slimmable network trains")
+    pruning_importances: list[Literal[IMPORTANCES]] = list(IMPORTANCES)  # type: ignore[valid-type]
+    calibration_images: int = Field(128, ge=1, description="training images for Taylor/Hessian gradients")
+    distill_temperature: float = Field(4.0, gt=0.0)
+    distill_alpha: float = Field(0.9, ge=0.0, le=1.0, description="weight of the soft (teacher) term")
+
+    @field_validator("compressions", "slimmable_compressions")
+    @classmethod
+    def _compressions(cls, value: list[float]) -> list[float]:
+        value = [_check_compression(v) for v in value]
+        if len(set(value)) != len(value):
+            raise ValueError(f"compressions must not repeat, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _slimmable_covers(self) -> BaselineParams:
+        # An untrained width borrows the BatchNorm of a wider trained one, so one must exist.
+        if min(self.slimmable_compressions) > min(self.compressions):
+            raise ValueError(
+                f"slimmable_compressions {self.slimmable_compressions} must include a width at least as wide as "
+                f"every one in compressions {self.compressions} (add {min(self.compressions)})"
+            )
+        return self
+
+
+class SimilarityParams(_Section):
+    """Linear CKA of one layer's features and the KL divergence of outputs across widths."""
+
+    layer: str = Field(description="module whose output is compared, e.g. layer3.2 (ResNet) or fc1 (LeNet)")
+    images: int = Field(1000, ge=2, description="test images the features are computed on")
+
+
 class TaskParams(_Section):
     seed: int = 0
     device: str = "auto"
@@ -147,6 +184,18 @@ class TaskParams(_Section):
     sample: SampleParams
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+    baselines: BaselineParams = BaselineParams()
+    similarity: SimilarityParams
+
+    @model_validator(mode="after")
+    def _baselines_are_sampled(self) -> TaskParams:
+        # The comparison lines every method up at NeuMeta's widths, and CKA needs the full width.
+        missing = [c for c in self.baselines.compressions if c not in self.sample.compressions]
+        if missing:
+            raise ValueError(f"baselines.compressions {missing} are not in sample.compressions {self.sample.compressions}")
+        if 0.0 not in self.baselines.compressions:
+            raise ValueError("baselines.compressions must include 0.0 (the full width every comparison starts from)")
+        return self
 
     @model_validator(mode="after")
     def _export_is_sampled(self) -> TaskParams:

@@ -18,6 +18,12 @@ class ValidateParametersHook:
                 raise ValueError(f"no parameters for task {task!r}: add a top-level '{task}:' key in conf/base/parameters_{task}.yml")
             params = validate_task(task, catalog.load(key))
             try:
-                build_model(params.model.name, **params.model.kwargs)
+                net = build_model(params.model.name, **params.model.kwargs)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"invalid parameters for task {task!r}: {task}.model.kwargs: {exc}") from None
+            layers = [name for name, _ in net.named_modules() if name]
+            if params.similarity.layer not in layers:
+                raise ValueError(
+                    f"invalid parameters for task {task!r}: {task}.similarity.layer {params.similarity.layer!r} "
+                    f"is not a layer of {params.model.name}; layers: {', '.join(layers)}"
+                )

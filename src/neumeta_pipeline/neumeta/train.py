@@ -67,6 +67,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def device_label(device: torch.device) -> str:
+    """What a training cost was measured on, for reports: the GPU's name or the CPU thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def fit(
     module: nn.Module,
     objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +38,7 @@ from ...neumeta.train import (
     FitConfig,
     NeuMetaLoss,
     classification_objective,
+    device_label,
     fit,
     fit_reconstruction,
     resolve_device,
@@ -61,11 +63,11 @@ def prepare_data(data: dict, seed: int) -> dict:
 def pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str, task: str) -> tuple[dict, list[dict]]:
     """Train the full-width network that NeuMeta starts from; the best validation epoch is kept."""
     arch = ModelParams.model_validate(model).model_dump()
-    config = _fit_config(FitParams.model_validate(pretrain), task, "pretrain")
+    config = fit_config(FitParams.model_validate(pretrain), task, "pretrain")
     dev = resolve_device(device)
     generator = seed_everything(seed)
     net = build_model(arch["name"], **arch["kwargs"]).to(dev)
-    _check_labels(splits, net, example_input(arch).to(dev))
+    check_labels(splits, net, example_input(arch).to(dev))
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
     result = fit(net, classification_objective(net), train, lambda m: accuracy(m, val), config, generator, "pretrain")
     log.info("pretrained %s: best validation accuracy %.4f at epoch %d", arch["name"], result.best_score, result.best_epoch)
@@ -119,7 +121,7 @@ def train_inr(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
         train_p.lambda_recon, train_p.lambda_reg, generator, train_p.tensor_fraction,
     )
-    config = _fit_config(train_p, task, "train_inr")
+    config = fit_config(train_p, task, "train_inr")
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
     val_widths = [spec.widths(g) for g in train_p.validation_compressions]
 
@@ -134,9 +136,11 @@ def train_inr(
     # An interrupted run resumes from its own saved state, so its warm start is not redone.
     resuming = config.checkpoint_path is not None and Path(config.checkpoint_path).exists()
     steps = 0 if resuming else train_p.reconstruction_steps
+    start = time.perf_counter()
     warm = fit_reconstruction(hyper, loss.reference, steps, train_p.reconstruction_lr, train_p.coord_noise, generator)
     if warm:
         log.info("INR reconstruction warm start: error %.4f -> %.4f in %d steps", warm[0], warm[-1], len(warm))
+    warm_seconds = time.perf_counter() - start
     result = fit(hyper, loss, train, validate, config, generator, "train_inr")
     log.info("INR: best mean validation accuracy %.4f at epoch %d", result.best_score, result.best_epoch)
     checkpoint = {
@@ -148,7 +152,13 @@ def train_inr(
         "generated_parameters": sum(math.prod(t.full_shape) for t in spec.tensors),
         "inr_parameters": sum(p.numel() for p in hyper.parameters()),
     }
-    return checkpoint, {"reconstruction_warm_start": warm[:: max(1, len(warm) // 100)], "epochs": result.history}
+    history = {
+        "device": device_label(dev),
+        "reconstruction_seconds": warm_seconds,
+        "reconstruction_warm_start": warm[:: max(1, len(warm) // 100)],
+        "epochs": result.history,
+    }
+    return checkpoint, history
 
 
 def sample_weights(inr_checkpoint: dict, fused_model: dict, sample: dict) -> dict:
@@ -186,7 +196,7 @@ def evaluate(
     x0 = example_input(pretrained_model["arch"])
     base = load_model(pretrained_model)
     base_params, base_macs = count_params_and_macs(load_model(fused_model), x0)
-    rows = [_row(task, "pretrained", 0.0, True, {}, accuracy(base, test, params.batch_size), *count_params_and_macs(base, x0), base_params, base_macs)]
+    rows = [result_row(task, "pretrained", 0.0, True, {}, accuracy(base, test, params.batch_size), *count_params_and_macs(base, x0), base_params, base_macs)]
     norms = {}
     for key, checkpoint in sampled_models.items():
         net = load_model(checkpoint)
@@ -194,7 +204,7 @@ def evaluate(
         n_params, n_macs = count_params_and_macs(net, x0)
         norms[gamma] = weight_norm(net)
         rows.append(
-            _row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
+            result_row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
                  accuracy(net, test, params.batch_size), n_params, n_macs, base_params, base_macs)
         )
     table = pd.DataFrame(rows)
@@ -226,7 +236,7 @@ def export_onnx(sampled_models: dict, export: dict) -> tuple[bytes, dict]:
     return data, report
 
 
-def _fit_config(params: FitParams, task: str, stage: str) -> FitConfig:
+def fit_config(params: FitParams, task: str, stage: str) -> FitConfig:
     """The loop's settings; with ``resume`` on, an interrupted run continues from
     ``data/06_models/<task>/<stage>_resume.pt`` (a working file, removed when the stage finishes)."""
     fields = {k: v for k, v in params.model_dump().items() if k in FitConfig.__dataclass_fields__}
@@ -234,7 +244,7 @@ def _fit_config(params: FitParams, task: str, stage: str) -> FitConfig:
     return FitConfig(**fields, checkpoint_path=path)
 
 
-def _check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
+def check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         classes = net.eval()(x).shape[1]
     top = int(max(splits["y_train"].max(), splits["y_test"].max()))
@@ -242,7 +252,7 @@ def _check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
         raise ValueError(f"labels go up to {top} but the model has {classes} outputs: set model.kwargs.num_classes")
 
 
-def _row(task, method, gamma, seen, widths, acc, n_params, n_macs, base_params, base_macs) -> dict:
+def result_row(task, method, gamma, seen, widths, acc, n_params, n_macs, base_params, base_macs) -> dict:
     return {
         "task": task,
         "method": method,

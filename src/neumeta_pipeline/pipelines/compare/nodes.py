@@ -1,0 +1,328 @@
+"""Thin nodes for the baselines NeuMeta is compared against, and the comparison reports.
+
+Every baseline node returns ``(models, history)``: ``models`` maps a method name (``individual``,
+``slimmable``, ``pruning_l1``, ...) to ``{compression: checkpoint}`` at the same widths NeuMeta is
+evaluated at; ``history`` records what the training cost and where it ran, and how many
+parameters the method has to store to serve every width.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from matplotlib.figure import Figure
+from plotly.subplots import make_subplots
+
+from ...baselines import fresh_at_widths
+from ...baselines.distill import distillation_objective
+from ...baselines.pruning import NEEDS_GRADIENTS, prune_channels
+from ...baselines.slimmable import SlimmableNetwork, slimmable_objective
+from ...config import BaselineParams, EvaluateParams, FitParams, ModelParams, MorphParams, SimilarityParams
+from ...data import DeviceData
+from ...models import build_model
+from ...models.checkpoint import example_input, load_model, model_checkpoint
+from ...neumeta.fuse import fuse_batchnorm
+from ...neumeta.graph import channel_groups
+from ...neumeta.metrics import accuracy, count_params_and_macs, features_and_logits, linear_cka, mean_kl
+from ...neumeta.morph import MorphSpec
+from ...neumeta.train import classification_objective, device_label, fit, resolve_device, seed_everything
+from ..neumeta.nodes import check_labels, fit_config, result_row
+
+log = logging.getLogger(__name__)
+
+
+def train_individual(
+    splits: dict, model: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+) -> tuple[dict, dict]:
+    """One network per width, trained from scratch with the pretraining recipe and seed."""
+    arch, widths, params, dev = _setup(model, morph, baselines, device)
+    models, runs = {}, {}
+    for gamma, w in widths.items():
+        generator = seed_everything(seed)
+        net = fresh_at_widths(arch, w).to(dev)
+        check_labels(splits, net, example_input(arch).to(dev))
+        config = fit_config(FitParams.model_validate(pretrain), task, f"individual_{gamma:g}")
+        result = _fit_classifier(net, classification_objective(net), splits, dev, config, generator, f"individual {gamma:g}")
+        models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
+        runs[f"{gamma:g}"] = result.history
+        log.info("individual %g: validation accuracy %.4f", gamma, result.best_score)
+    return {"individual": models}, _history(dev, "individual", runs, sum(_parameters(m) for m in models.values()))
+
+
+def train_slimmable(
+    splits: dict, model: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+) -> tuple[dict, dict]:
+    """One Slimmable network (shared weights, switchable BatchNorm) trained on every seen width at
+    once, then cut out at every compared width, the unseen ones included."""
+    arch, widths, params, dev = _setup(model, morph, baselines, device)
+    generator = seed_everything(seed)
+    base = build_model(arch["name"], **arch["kwargs"])
+    trained = [_widths(arch, morph, [g])[g] for g in params.slimmable_compressions]
+    net = SlimmableNetwork(base, channel_groups(base, example_input(arch)), trained).to(dev)
+    check_labels(splits, base, example_input(arch).to(dev))
+    val = DeviceData(splits, "val", dev)
+
+    def validate(module: SlimmableNetwork) -> float:
+        return sum(accuracy(lambda x, i=i: module(x, i), val) for i in range(len(trained))) / len(trained)
+
+    config = fit_config(FitParams.model_validate(pretrain), task, "slimmable")
+    result = fit(net, slimmable_objective(net), DeviceData(splits, "train", dev), validate, config, generator, "slimmable")
+    log.info("slimmable: mean validation accuracy over trained widths %.4f", result.best_score)
+    best = result.best.cpu()
+    models = {
+        f"{gamma:g}": model_checkpoint(
+            best.extract(w), arch, widths=w, compression=gamma, seen_in_training=gamma in params.slimmable_compressions
+        )
+        for gamma, w in widths.items()
+    }
+    return {"slimmable": models}, _history(dev, "slimmable", {"shared": result.history}, best.stored_parameters())
+
+
+def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baselines: dict, seed: int) -> tuple[dict, dict]:
+    """The pretrained network with its morphable channels pruned to every compared width, by each
+    importance criterion, without fine-tuning."""
+    params = BaselineParams.model_validate(baselines)
+    arch = pretrained_model["arch"]
+    widths = _widths(arch, morph, params.compressions)
+    net = load_model(pretrained_model)
+    groups = channel_groups(net, example_input(arch))
+    # Calibration images come from the training split (normalised like every input), never the test set.
+    train = DeviceData(splits, "train", "cpu")
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: params.calibration_images]
+    images, labels = train.x[pick], train.y[pick]
+    models, seconds = {}, {}
+    for importance in params.pruning_importances:
+        start = time.perf_counter()
+        method = f"pruning_{importance}"
+        models[method] = {}
+        for gamma, w in widths.items():
+            pruned = prune_channels(net, groups, w, importance, images, labels if importance in NEEDS_GRADIENTS else None, seed)
+            models[method][f"{gamma:g}"] = model_checkpoint(pruned, arch, widths=w, compression=gamma, seen_in_training=False)
+        seconds[method] = time.perf_counter() - start
+    stored = {method: _parameters(pretrained_model) for method in models}
+    return models, {"device": device_label(torch.device("cpu")), "seconds": seconds, "stored_parameters": stored}
+
+
+def train_distilled(
+    pretrained_model: dict, splits: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+) -> tuple[dict, dict]:
+    """Each narrower width trained from scratch to match the pretrained network's outputs
+    (knowledge distillation); the full width is the teacher itself."""
+    arch = pretrained_model["arch"]
+    _, widths, params, dev = _setup(arch, morph, baselines, device)
+    teacher = load_model(pretrained_model).to(dev)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    models, runs = {}, {}
+    for gamma, w in widths.items():
+        if gamma == 0.0:
+            models["0"] = {**pretrained_model, "compression": 0.0, "seen_in_training": True}
+            continue
+        generator = seed_everything(seed)
+        student = fresh_at_widths(arch, w).to(dev)
+        objective = distillation_objective(student, teacher, params.distill_temperature, params.distill_alpha)
+        config = fit_config(FitParams.model_validate(pretrain), task, f"distilled_{gamma:g}")
+        result = _fit_classifier(student, objective, splits, dev, config, generator, f"distilled {gamma:g}")
+        models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
+        runs[f"{gamma:g}"] = result.history
+        log.info("distilled %g: validation accuracy %.4f", gamma, result.best_score)
+    return {"distilled": models}, _history(dev, "distilled", runs, sum(_parameters(m) for m in models.values()))
+
+
+def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, evaluate: dict, task: str) -> pd.DataFrame:
+    """Test accuracy, deployable parameters and MACs of every baseline model, with its method's
+    training seconds and stored parameters. Counts are taken with BatchNorm folded, relative to the
+    full-width network folded the same way, as for NeuMeta."""
+    params = EvaluateParams.model_validate(evaluate)
+    arch = ModelParams.model_validate(model).model_dump()
+    x0 = example_input(arch)
+    base_params, base_macs = count_params_and_macs(fuse_batchnorm(build_model(arch["name"], **arch["kwargs"]).eval()), x0)
+    test = DeviceData(splits, "test", "cpu")
+    rows = []
+    for method, by_width in models.items():
+        seconds = history["seconds"][method]
+        for checkpoint in by_width.values():
+            net = load_model(checkpoint)
+            row = result_row(
+                task, method, float(checkpoint["compression"]), checkpoint["seen_in_training"], checkpoint["widths"],
+                accuracy(net, test, params.batch_size), *count_params_and_macs(fuse_batchnorm(net), x0), base_params, base_macs,
+            )
+            rows.append({**row, "train_seconds": seconds, "device": history["device"], "stored_parameters": history["stored_parameters"][method]})
+    return pd.DataFrame(rows)
+
+
+def compare_methods(
+    neumeta_table: pd.DataFrame,
+    pretrain_history: list[dict],
+    inr_history: dict,
+    inr_checkpoint: dict,
+    fused_model: dict,
+    *baseline_tables: pd.DataFrame,
+    task: str,
+) -> tuple[pd.DataFrame, go.Figure, Figure]:
+    """The paper's Table 2 for this task: accuracy per method and compression, training cost in
+    device-hours and the parameters each method stores to serve every width, with a chart.
+
+    Methods built on the pretrained network (NeuMeta, pruning, distillation) are charged its
+    training too.
+    """
+    pretrain_seconds = sum(e["seconds"] for e in pretrain_history)
+    inr_seconds = inr_history.get("reconstruction_seconds", 0.0) + sum(e["seconds"] for e in inr_history["epochs"])
+    generated = {t["name"] for t in inr_checkpoint["spec"]["tensors"]}
+    frozen = sum(v.numel() for k, v in fused_model["state_dict"].items() if k not in generated and v.is_floating_point())
+    ours = neumeta_table[neumeta_table.method == "neumeta"].assign(
+        train_seconds=pretrain_seconds + inr_seconds,
+        device=inr_history.get("device", "not recorded"),
+        stored_parameters=inr_checkpoint["inr_parameters"] + frozen,
+    )
+    rows = [ours]
+    for table in baseline_tables:
+        builds_on_pretrained = table.method.str.startswith("pruning_") | (table.method == "distilled")
+        table = table.assign(train_seconds=table.train_seconds + builds_on_pretrained * pretrain_seconds)
+        rows.append(table)
+    long = pd.concat(rows, ignore_index=True)
+    # The table keeps the widths every method was built at; the chart shows every point.
+    common = sorted(set.intersection(*(set(t.compression) for _, t in long.groupby("method"))))
+    shared = long[long.compression.isin(common)]
+    wide = shared.pivot_table(index="method", columns="compression", values="accuracy", sort=False)
+    wide.columns = [f"acc@{100 * c:g}%" for c in wide.columns]
+    per_method = long.groupby("method", sort=False).agg(
+        train_seconds=("train_seconds", "first"), device=("device", "first"), stored_parameters=("stored_parameters", "first")
+    )
+    per_method.insert(0, "train_device_hours", per_method.pop("train_seconds") / 3600.0)
+    untrained = shared[~shared.seen_in_training.astype(bool)].groupby("method").compression.apply(
+        lambda c: " ".join(f"{100 * v:g}%" for v in c)
+    )
+    table = wide.join(per_method).join(untrained.rename("widths_not_trained")).fillna({"widths_not_trained": ""})
+    table = table.reset_index()
+    table.insert(0, "task", task)
+    return table, _comparison_plotly(long, task), _comparison_png(long, task)
+
+
+def analyse_similarity(
+    sampled_models: dict, individual_models: dict, distilled_models: dict, splits: dict, baselines: dict, similarity: dict, task: str
+) -> tuple[pd.DataFrame, go.Figure, Figure]:
+    """Section 4.3 of the paper: linear CKA of one layer's features between each width and its
+    family's full width, and the KL divergence between the outputs of every pair of widths, for
+    NeuMeta, individually trained and distilled networks (the distilled family's full width is
+    its teacher)."""
+    params, sim = BaselineParams.model_validate(baselines), SimilarityParams.model_validate(similarity)
+    test = DeviceData(splits, "test", "cpu")
+    images = test.x[: sim.images]
+    keys = [f"{g:g}" for g in params.compressions]
+    families = {"neumeta": sampled_models, "individual": individual_models["individual"], "distilled": distilled_models["distilled"]}
+    rows, kl = [], {}
+    for family, models in families.items():
+        outputs = {k: features_and_logits(load_model(models[k]), sim.layer, images) for k in keys}
+        full_features, full_logits = outputs["0"]
+        kl[family] = [[mean_kl(outputs[a][1], outputs[b][1]) for b in keys] for a in keys]
+        for i, key in enumerate(keys):
+            features, logits = outputs[key]
+            rows.append({
+                "task": task, "family": family, "compression": float(key), "layer": sim.layer, "images": len(images),
+                "cka_to_full": linear_cka(features, full_features),
+                "kl_full_to_this": mean_kl(full_logits, logits),
+                "mean_pairwise_kl": sum(kl[family][i][j] for j in range(len(keys)) if j != i) / max(1, len(keys) - 1),
+            })
+    table = pd.DataFrame(rows)
+    return table, _similarity_plotly(table, kl, keys, task), _similarity_png(table, kl, keys, task)
+
+
+def _setup(model: dict, morph: dict, baselines: dict, device: str):
+    arch = ModelParams.model_validate(model).model_dump()
+    params = BaselineParams.model_validate(baselines)
+    return arch, _widths(arch, morph, params.compressions), params, resolve_device(device)
+
+
+def _widths(arch: dict, morph: dict, compressions: list[float]) -> dict[float, dict[str, int]]:
+    """NeuMeta's width configuration at each compression: the same morphable groups and rounding."""
+    morph_p = MorphParams.model_validate(morph)
+    net = build_model(arch["name"], **arch["kwargs"]).eval()
+    spec = MorphSpec(net, example_input(arch), morph_p.generated, morph_p.morphable)
+    return {gamma: spec.widths(gamma) for gamma in compressions}
+
+
+def _fit_classifier(net, objective, splits, dev, config, generator, desc):
+    train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
+    return fit(net, objective, train, lambda m: accuracy(m, val), config, generator, desc)
+
+
+def _history(dev: torch.device, method: str, runs: dict[str, list[dict]], stored: int) -> dict:
+    """Training seconds are the loop's own per-epoch timings (validation excluded), summed."""
+    seconds = sum(e["seconds"] for run in runs.values() for e in run)
+    return {"device": device_label(dev), "seconds": {method: seconds}, "stored_parameters": {method: stored}, "runs": runs}
+
+
+def _parameters(checkpoint: dict) -> int:
+    return sum(v.numel() for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and "running_" not in k)
+
+
+_NAMES = {"neumeta": "NeuMeta", "individual": "individually trained", "slimmable": "Slimmable", "distilled": "distilled (KD)"}
+
+
+def _label(method: str) -> str:
+    return _NAMES.get(method, method.replace("pruning_", "pruning, ").replace("l1", "L1").replace("l2", "L2"))
+
+
+def _comparison_plotly(long: pd.DataFrame, task: str) -> go.Figure:
+    fig = go.Figure()
+    for method, rows in long.groupby("method", sort=False):
+        rows = rows.sort_values("compression")
+        fig.add_trace(go.Scatter(
+            x=100 * rows.compression, y=100 * rows.accuracy, mode="lines+markers", name=_label(method),
+            line={"dash": "dot" if method.startswith("pruning_") else "solid"},
+        ))
+    fig.update_layout(title=f"{task}: test accuracy of every method vs compression",
+                      xaxis_title="compression of morphable channels (%)", yaxis_title="test accuracy (%)")
+    return fig
+
+
+def _comparison_png(long: pd.DataFrame, task: str) -> Figure:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for method, rows in long.groupby("method", sort=False):
+        rows = rows.sort_values("compression")
+        ax.plot(100 * rows.compression, 100 * rows.accuracy, ":o" if method.startswith("pruning_") else "-o", label=_label(method))
+    ax.set(xlabel="compression of morphable channels (%)", ylabel="test accuracy (%)", title=f"{task}: accuracy vs compression")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _similarity_plotly(table: pd.DataFrame, kl: dict, keys: list[str], task: str) -> go.Figure:
+    families = list(kl)
+    fig = make_subplots(rows=1, cols=1 + len(families), subplot_titles=["CKA to the full width"] + [f"KL, {_label(f)}" for f in families])
+    for family, rows in table.groupby("family", sort=False):
+        fig.add_trace(go.Scatter(x=100 * rows.compression, y=rows.cka_to_full, mode="lines+markers", name=_label(family)), row=1, col=1)
+    top = max(max(max(r) for r in m) for m in kl.values())
+    ticks = [f"{100 * float(k):g}%" for k in keys]
+    for i, family in enumerate(families):
+        fig.add_trace(go.Heatmap(z=kl[family], x=ticks, y=ticks, zmin=0, zmax=top, coloraxis="coloraxis"), row=1, col=2 + i)
+    fig.update_layout(title=f"{task}: feature and output similarity across widths", coloraxis={"colorscale": "Viridis"})
+    return fig
+
+
+def _similarity_png(table: pd.DataFrame, kl: dict, keys: list[str], task: str) -> Figure:
+    families = list(kl)
+    fig = Figure(figsize=(4 * (1 + len(families)), 3.8))
+    axes = fig.subplots(1, 1 + len(families))
+    for family, rows in table.groupby("family", sort=False):
+        axes[0].plot(100 * rows.compression, rows.cka_to_full, "-o", label=_label(family))
+    axes[0].set(xlabel="compression (%)", ylabel="linear CKA to the full width", title="feature similarity")
+    axes[0].legend(fontsize=8)
+    top = max(max(max(r) for r in m) for m in kl.values())
+    ticks = [f"{100 * float(k):g}" for k in keys]
+    for ax, family in zip(axes[1:], families):
+        image = ax.imshow(kl[family], vmin=0, vmax=top, cmap="viridis")
+        ax.set(xticks=range(len(keys)), yticks=range(len(keys)), xticklabels=ticks, yticklabels=ticks,
+               title=f"output KL: {_label(family)}", xlabel="compression (%)", ylabel="compression (%)")
+        for a in range(len(keys)):
+            for b in range(len(keys)):
+                ax.text(b, a, f"{kl[family][a][b]:.2f}", ha="center", va="center", fontsize=7, color="white")
+    fig.colorbar(image, ax=list(axes[1:]), shrink=0.8)
+    fig.suptitle(f"{task}: similarity across widths")
+    return fig
