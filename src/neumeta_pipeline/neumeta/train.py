@@ -71,7 +71,8 @@ def device_label(device: torch.device) -> str:
     """What a training cost was measured on, for reports: the GPU's name or the CPU thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
 
 
 def fit(
