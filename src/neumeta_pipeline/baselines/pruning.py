@@ -17,6 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..neumeta.graph import ChannelGroup
+from ..neumeta.morph import groups_to_narrow
 
 IMPORTANCES = ("l1", "l2", "random", "taylor", "hessian")
 NEEDS_GRADIENTS = ("taylor", "hessian")
@@ -50,10 +51,7 @@ def prune_channels(
         raise ValueError(f"unknown importance {importance!r}; use one of {IMPORTANCES}")
     if importance in NEEDS_GRADIENTS and labels is None:
         raise ValueError(f"{importance} importance needs labelled calibration images")
-    known = {g.name: g for g in groups}
-    unknown = set(widths) - set(known)
-    if unknown:
-        raise ValueError(f"unknown channel groups {sorted(unknown)}; known: {sorted(known)}")
+    narrowed = groups_to_narrow(groups, widths)
     model = copy.deepcopy(model).eval()
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=images[:1])
     scorer = _scorer(importance, model, images, labels)
@@ -62,19 +60,14 @@ def prune_channels(
     # Score every group on the intact network first: pruning one group changes other layers'
     # parameter objects (and so the gradients the scorers read), never another group's indices.
     plan = []
-    for name, width in widths.items():
-        group = known[name]
-        if not 1 <= width <= group.size:
-            raise ValueError(f"width of {name} must be in [1, {group.size}], got {width}")
-        if width == group.size:
-            continue
+    for group, width in narrowed:
         producer, prune_fn = _producer(model, group)
         if importance == "random":
             scores = torch.rand(group.size, generator=generator)
         else:
             scores = scorer(graph.get_pruning_group(producer, prune_fn, idxs=list(range(group.size))))
         if scores is None or scores.numel() != group.size:
-            raise RuntimeError(f"torch-pruning scored {name} with {None if scores is None else scores.numel()} values, expected {group.size}")
+            raise RuntimeError(f"torch-pruning scored {group.name} with {None if scores is None else scores.numel()} values, expected {group.size}")
         keep = set(torch.argsort(scores.float().cpu(), descending=True, stable=True)[:width].tolist())
         plan.append((producer, prune_fn, [i for i in range(group.size) if i not in keep]))
     for producer, prune_fn, drop in plan:

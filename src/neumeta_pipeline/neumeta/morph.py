@@ -176,6 +176,23 @@ def resize(model: nn.Module, groups: list[ChannelGroup], widths: dict[str, int])
     return model
 
 
+def groups_to_narrow(groups: list[ChannelGroup], widths: dict[str, int]) -> list[tuple[ChannelGroup, int]]:
+    """The groups that ``widths`` makes narrower than full, with their widths; a group name that
+    does not exist or a width outside [1, size] is an error."""
+    known = {g.name: g for g in groups}
+    unknown = set(widths) - set(known)
+    if unknown:
+        raise ValueError(f"unknown channel groups {sorted(unknown)}; known: {sorted(known)}")
+    narrowed = []
+    for name, width in widths.items():
+        group = known[name]
+        if not 1 <= width <= group.size:
+            raise ValueError(f"width of {name} must be in [1, {group.size}], got {width}")
+        if width < group.size:
+            narrowed.append((group, width))
+    return narrowed
+
+
 def slice_channels(
     tensors: dict[str, torch.Tensor], groups: list[ChannelGroup], widths: dict[str, int]
 ) -> dict[str, torch.Tensor]:
@@ -184,17 +201,8 @@ def slice_channels(
     Tensors a group does not touch are returned as they are; slicing is differentiable, so a
     shared full-width parameter can be trained through any of its narrower views.
     """
-    known = {g.name: g for g in groups}
-    unknown = set(widths) - set(known)
-    if unknown:
-        raise ValueError(f"unknown channel groups {sorted(unknown)}; known: {sorted(known)}")
     out = dict(tensors)
-    for name, width in widths.items():
-        group = known[name]
-        if not 1 <= width <= group.size:
-            raise ValueError(f"width of {name} must be in [1, {group.size}], got {width}")
-        if width == group.size:
-            continue
+    for group, width in groups_to_narrow(groups, widths):
         keep = torch.arange(width)
         for member in group.members:
             if member.tensor in out:
