@@ -319,10 +319,11 @@ def _similarity_png(table: pd.DataFrame, kl: dict, keys: list[str], task: str) -
     for ax, family in zip(axes[1:], families):
         image = ax.imshow(kl[family], vmin=0, vmax=top, cmap="viridis")
         ax.set(xticks=range(len(keys)), yticks=range(len(keys)), xticklabels=ticks, yticklabels=ticks,
-               title=f"output KL: {_label(family)}", xlabel="compression (%)", ylabel="compression (%)")
+               title=f"output KL: {_label(family)}", xlabel="compression q (%)")
         for a in range(len(keys)):
             for b in range(len(keys)):
                 ax.text(b, a, f"{kl[family][a][b]:.2f}", ha="center", va="center", fontsize=7, color="white")
+    axes[1].set_ylabel("compression p (%); cell: KL(p || q)")
     fig.colorbar(image, ax=list(axes[1:]), shrink=0.8)
     fig.suptitle(f"{task}: similarity across widths")
     return fig
