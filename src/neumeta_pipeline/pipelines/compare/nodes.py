@@ -50,7 +50,7 @@ def train_individual(
         models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
         runs[f"{gamma:g}"] = result.history
         log.info("individual %g: validation accuracy %.4f", gamma, result.best_score)
-    return {"individual": models}, _history(dev, "individual", runs, sum(_parameters(m) for m in models.values()))
+    return {"individual": models}, _history(dev, "individual", runs, sum(_parameters(m["state_dict"]) for m in models.values()))
 
 
 def train_slimmable(
@@ -61,7 +61,7 @@ def train_slimmable(
     arch, widths, params, dev = _setup(model, morph, baselines, device)
     generator = seed_everything(seed)
     base = build_model(arch["name"], **arch["kwargs"])
-    trained = [_widths(arch, morph, [g])[g] for g in params.slimmable_compressions]
+    trained = list(_widths(arch, morph, params.slimmable_compressions).values())
     net = SlimmableNetwork(base, channel_groups(base, example_input(arch)), trained).to(dev)
     check_labels(splits, base, example_input(arch).to(dev))
     val = DeviceData(splits, "val", dev)
@@ -103,7 +103,7 @@ def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baseline
             pruned = prune_channels(net, groups, w, importance, images, labels if importance in NEEDS_GRADIENTS else None, seed)
             models[method][f"{gamma:g}"] = model_checkpoint(pruned, arch, widths=w, compression=gamma, seen_in_training=False)
         seconds[method] = time.perf_counter() - start
-    stored = {method: _parameters(pretrained_model) for method in models}
+    stored = {method: _parameters(pretrained_model["state_dict"]) for method in models}
     return models, {"device": device_label(torch.device("cpu")), "seconds": seconds, "stored_parameters": stored}
 
 
@@ -130,7 +130,7 @@ def train_distilled(
         models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
         runs[f"{gamma:g}"] = result.history
         log.info("distilled %g: validation accuracy %.4f", gamma, result.best_score)
-    return {"distilled": models}, _history(dev, "distilled", runs, sum(_parameters(m) for m in models.values()))
+    return {"distilled": models}, _history(dev, "distilled", runs, sum(_parameters(m["state_dict"]) for m in models.values()))
 
 
 def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, evaluate: dict, task: str) -> pd.DataFrame:
@@ -170,14 +170,19 @@ def compare_methods(
     Methods built on the pretrained network (NeuMeta, pruning, distillation) are charged its
     training too.
     """
+    if "reconstruction_seconds" not in inr_history or "device" not in inr_history:
+        raise ValueError(
+            "the latest inr_history does not record its device and warm-start time (it predates cost reporting); "
+            "rerun the INR stage: kedro run --pipelines=<task> --from-nodes=<task>.train_inr"
+        )
     pretrain_seconds = sum(e["seconds"] for e in pretrain_history)
-    inr_seconds = inr_history.get("reconstruction_seconds", 0.0) + sum(e["seconds"] for e in inr_history["epochs"])
+    inr_seconds = inr_history["reconstruction_seconds"] + sum(e["seconds"] for e in inr_history["epochs"])
     generated = {t["name"] for t in inr_checkpoint["spec"]["tensors"]}
-    frozen = sum(v.numel() for k, v in fused_model["state_dict"].items() if k not in generated and v.is_floating_point())
+    frozen = {k: v for k, v in fused_model["state_dict"].items() if k not in generated}
     ours = neumeta_table[neumeta_table.method == "neumeta"].assign(
         train_seconds=pretrain_seconds + inr_seconds,
-        device=inr_history.get("device", "not recorded"),
-        stored_parameters=inr_checkpoint["inr_parameters"] + frozen,
+        device=inr_history["device"],
+        stored_parameters=inr_checkpoint["inr_parameters"] + _parameters(frozen),
     )
     rows = [ours]
     for table in baseline_tables:
@@ -257,8 +262,9 @@ def _history(dev: torch.device, method: str, runs: dict[str, list[dict]], stored
     return {"device": device_label(dev), "seconds": {method: seconds}, "stored_parameters": {method: stored}, "runs": runs}
 
 
-def _parameters(checkpoint: dict) -> int:
-    return sum(v.numel() for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and "running_" not in k)
+def _parameters(state_dict: dict) -> int:
+    """Stored parameters of a state dict: learned tensors, not BatchNorm running statistics."""
+    return sum(v.numel() for k, v in state_dict.items() if v.is_floating_point() and "running_" not in k)
 
 
 _NAMES = {"neumeta": "NeuMeta", "individual": "individually trained", "slimmable": "Slimmable", "distilled": "distilled (KD)"}
