@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from neumeta_pipeline.models import build_model
 from neumeta_pipeline.neumeta.inr import NeuMetaINR
 from neumeta_pipeline.neumeta.metrics import accuracy
 from neumeta_pipeline.neumeta.morph import MorphSpec
+from neumeta_pipeline.neumeta.resume import ResumeFile
 from neumeta_pipeline.neumeta.train import FitConfig, NeuMetaLoss, classification_objective, fit, seed_everything
 
 
@@ -73,8 +76,7 @@ def _resumable_run(tmp_path, interrupt_at: int | None):
     splits = _blobs(128)
     net = build_model("lenet", width=2)
     train, val = DeviceData(splits, "train", "cpu"), DeviceData(splits, "val", "cpu")
-    config = FitConfig(epochs=3, batch_size=32, lr=3e-3, ema_decay=0.9, progress=False,
-                       checkpoint_path=str(tmp_path / "resume.pt"))
+    config = FitConfig(epochs=3, batch_size=32, lr=3e-3, ema_decay=0.9, progress=False)
     base = classification_objective(net)
     steps = {"n": 0}
 
@@ -84,29 +86,23 @@ def _resumable_run(tmp_path, interrupt_at: int | None):
             raise KeyboardInterrupt
         return base(x, y)
 
-    return fit(net, objective, train, lambda m: accuracy(m, val), config, generator)
+    with ResumeFile(tmp_path, "pretrain", {"seed": 5}) as resume:
+        return fit(net, objective, train, lambda m: accuracy(m, val), config, generator, "pretrain", resume)
 
 
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path):
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, caplog):
     straight = _resumable_run(tmp_path / "a", None)
-    assert not (tmp_path / "a" / "resume.pt").exists()  # removed once the run finishes
+    assert straight.resumed_from == 0
+    assert not list((tmp_path / "a").iterdir())  # the resume file, its lock and description are gone
     with pytest.raises(KeyboardInterrupt):
         _resumable_run(tmp_path / "b", interrupt_at=7)  # mid second epoch (4 steps per epoch)
-    assert (tmp_path / "b" / "resume.pt").exists()
-    resumed = _resumable_run(tmp_path / "b", None)
+    (saved,) = (tmp_path / "b").glob("pretrain-*.pt")
+    with caplog.at_level(logging.INFO):
+        resumed = _resumable_run(tmp_path / "b", None)
+    assert f"resuming pretrain from epoch 1 of 3 ({saved})" in caplog.text
+    assert resumed.resumed_from == 1
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert all(torch.equal(p, q) for p, q in zip(straight.best.state_dict().values(), resumed.best.state_dict().values()))
-
-
-def test_a_resume_file_from_other_settings_is_refused(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        _resumable_run(tmp_path, interrupt_at=6)
-    generator = seed_everything(5)
-    splits = _blobs(128)
-    net = build_model("lenet", width=2)
-    config = FitConfig(epochs=4, batch_size=32, progress=False, checkpoint_path=str(tmp_path / "resume.pt"))
-    with pytest.raises(RuntimeError, match="delete it"):
-        fit(net, classification_objective(net), DeviceData(splits, "train", "cpu"), lambda m: 0.0, config, generator)
 
 
 def test_bf16_autocast_runs_and_learns():

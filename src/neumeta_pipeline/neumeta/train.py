@@ -9,12 +9,12 @@ What differs between tasks is the ``objective``: a function from a batch to a lo
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data import DeviceData
+from ..errors import UserError
 from .inr import NeuMetaINR
 from .morph import MorphSpec
+from .resume import ResumeFile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,7 +44,6 @@ class FitConfig:
     augment: str = "none"
     progress: bool = True
     precision: str = "fp32"  # or "bf16": autocast the forward pass (for GPUs with bf16 units)
-    checkpoint_path: str | None = None  # resume state, written every epoch, removed when done
 
 
 @dataclass
@@ -49,6 +52,7 @@ class FitResult:
     history: list[dict]
     best_epoch: int
     best_score: float
+    resumed_from: int = 0  # epochs restored from a resume file (0: trained from the start)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -59,11 +63,21 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (the GPU when there is one), ``cpu`` or ``cuda[:N]``, checked against this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was requested but CUDA is not available; use 'auto' or 'cpu'")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use 'auto' (the GPU when there is one), 'cpu' or 'cuda[:N]'") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device {name!r} was requested but this machine has no CUDA GPU; use 'auto' or 'cpu'")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device {name!r} was requested but this machine has {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise UserError(f"device {name!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'")
     return device
 
 
@@ -83,10 +97,13 @@ def fit(
     config: FitConfig,
     generator: torch.Generator,
     desc: str = "train",
+    resume: ResumeFile | None = None,
 ) -> FitResult:
     """Train ``module``'s parameters on ``objective``; return the copy with the best validation score.
 
     ``validate`` gets the module to score (the EMA copy when EMA is on) and returns higher-is-better.
+    With ``resume``, the state is saved after every epoch and a saved state of the same run
+    configuration is continued, giving the same result as an uninterrupted run.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
@@ -117,20 +134,15 @@ def fit(
     history: list[dict] = []
     best_state, best_score, best_epoch, first_epoch = None, -math.inf, -1, 0
     stateful = {"module": module, "optimizer": optimizer, "scheduler": scheduler, **({"ema": ema} if ema else {})}
-    fingerprint = repr(sorted(vars(config).items()))
-    if config.checkpoint_path and Path(config.checkpoint_path).exists():
-        state = torch.load(config.checkpoint_path, map_location="cpu", weights_only=True)
-        if state["fingerprint"] != fingerprint:
-            raise RuntimeError(
-                f"{config.checkpoint_path} holds an interrupted run with other settings; "
-                f"delete it to start afresh (settings now: {fingerprint})"
-            )
+    state = resume.load() if resume is not None else None
+    if state is not None:
         for name, obj in stateful.items():
             obj.load_state_dict(state[name])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history, best_state = state["history"], state["best_state"]
         best_score, best_epoch, first_epoch = state["best_score"], state["best_epoch"], state["epoch"]
+        log.info("resuming %s from epoch %d of %d (%s)", desc, first_epoch, config.epochs, resume.path)
     bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc=desc, disable=not config.progress, leave=False)
     for epoch in range(first_epoch, config.epochs):
         module.train()
@@ -165,11 +177,10 @@ def fit(
         if score > best_score:
             best_score, best_epoch = score, epoch + 1
             best_state = copy.deepcopy(scored.state_dict())
-        if config.checkpoint_path:
-            _save_atomically(
+        if resume is not None:
+            resume.save(
                 {
                     **{name: obj.state_dict() for name, obj in stateful.items()},
-                    "fingerprint": fingerprint,
                     "epoch": epoch + 1,
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
@@ -177,24 +188,15 @@ def fit(
                     "best_state": best_state,
                     "best_score": best_score,
                     "best_epoch": best_epoch,
-                },
-                Path(config.checkpoint_path),
+                }
             )
     bar.close()
-    if config.checkpoint_path:
-        Path(config.checkpoint_path).unlink(missing_ok=True)
+    if resume is not None:
+        resume.finish()
     best = copy.deepcopy(scored)
     best.load_state_dict(best_state)
     best.eval()
-    return FitResult(best=best, history=history, best_epoch=best_epoch, best_score=best_score)
-
-
-def _save_atomically(state: dict, path: Path) -> None:
-    """Write then rename, so an interruption while saving never leaves a truncated checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    return FitResult(best=best, history=history, best_epoch=best_epoch, best_score=best_score, resumed_from=first_epoch)
 
 
 def classification_objective(model: nn.Module) -> Callable:

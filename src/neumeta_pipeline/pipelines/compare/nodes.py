@@ -29,8 +29,9 @@ from ...neumeta.fuse import fuse_batchnorm
 from ...neumeta.graph import channel_groups
 from ...neumeta.metrics import accuracy, count_params_and_macs, features_and_logits, linear_cka, mean_kl
 from ...neumeta.morph import MorphSpec
+from ...neumeta.resume import content_hash
 from ...neumeta.train import classification_objective, device_label, fit, resolve_device, seed_everything
-from ..neumeta.nodes import check_labels, fit_config, result_row
+from ..neumeta.nodes import check_labels, fit_config, result_row, resume_file
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,15 @@ def train_individual(
 ) -> tuple[dict, dict]:
     """One network per width, trained from scratch with the pretraining recipe and seed."""
     arch, widths, params, dev = _setup(model, morph, baselines, device)
+    recipe, inputs = FitParams.model_validate(pretrain), {"splits": content_hash(splits)}
     models, runs = {}, {}
     for gamma, w in widths.items():
         generator = seed_everything(seed)
         net = fresh_at_widths(arch, w).to(dev)
         check_labels(splits, net, example_input(arch).to(dev))
-        config = fit_config(FitParams.model_validate(pretrain), task, f"individual_{gamma:g}")
-        result = _fit_classifier(net, classification_objective(net), splits, dev, config, generator, f"individual {gamma:g}")
+        settings = {"model": arch, "widths": w}
+        with resume_file(recipe, task, f"individual_{gamma:g}", seed, dev, settings, inputs) as resume:
+            result = _fit_classifier(net, classification_objective(net), splits, dev, recipe, generator, f"individual {gamma:g}", resume)
         models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
         runs[f"{gamma:g}"] = result.history
         log.info("individual %g: validation accuracy %.4f", gamma, result.best_score)
@@ -69,8 +72,10 @@ def train_slimmable(
     def validate(module: SlimmableNetwork) -> float:
         return sum(accuracy(lambda x, i=i: module(x, i), val) for i in range(len(trained))) / len(trained)
 
-    config = fit_config(FitParams.model_validate(pretrain), task, "slimmable")
-    result = fit(net, slimmable_objective(net), DeviceData(splits, "train", dev), validate, config, generator, "slimmable")
+    recipe = FitParams.model_validate(pretrain)
+    with resume_file(recipe, task, "slimmable", seed, dev, {"model": arch, "widths": trained}, {"splits": content_hash(splits)}) as resume:
+        result = fit(net, slimmable_objective(net), DeviceData(splits, "train", dev), validate, fit_config(recipe), generator,
+                     "slimmable", resume)
     log.info("slimmable: mean validation accuracy over trained widths %.4f", result.best_score)
     best = result.best.cpu()
     models = {
@@ -117,6 +122,8 @@ def train_distilled(
     teacher = load_model(pretrained_model).to(dev)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    recipe = FitParams.model_validate(pretrain)
+    inputs = {"pretrained_model": content_hash(pretrained_model), "splits": content_hash(splits)}
     models, runs = {}, {}
     for gamma, w in widths.items():
         if gamma == 0.0:
@@ -125,8 +132,9 @@ def train_distilled(
         generator = seed_everything(seed)
         student = fresh_at_widths(arch, w).to(dev)
         objective = distillation_objective(student, teacher, params.distill_temperature, params.distill_alpha)
-        config = fit_config(FitParams.model_validate(pretrain), task, f"distilled_{gamma:g}")
-        result = _fit_classifier(student, objective, splits, dev, config, generator, f"distilled {gamma:g}")
+        settings = {"widths": w, "temperature": params.distill_temperature, "alpha": params.distill_alpha}
+        with resume_file(recipe, task, f"distilled_{gamma:g}", seed, dev, settings, inputs) as resume:
+            result = _fit_classifier(student, objective, splits, dev, recipe, generator, f"distilled {gamma:g}", resume)
         models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
         runs[f"{gamma:g}"] = result.history
         log.info("distilled %g: validation accuracy %.4f", gamma, result.best_score)
@@ -251,9 +259,9 @@ def _widths(arch: dict, morph: dict, compressions: list[float]) -> dict[float, d
     return {gamma: spec.widths(gamma) for gamma in compressions}
 
 
-def _fit_classifier(net, objective, splits, dev, config, generator, desc):
+def _fit_classifier(net, objective, splits, dev, recipe: FitParams, generator, desc, resume):
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
-    return fit(net, objective, train, lambda m: accuracy(m, val), config, generator, desc)
+    return fit(net, objective, train, lambda m: accuracy(m, val), fit_config(recipe), generator, desc, resume)
 
 
 def _history(dev: torch.device, method: str, runs: dict[str, list[dict]], stored: int) -> dict:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +35,7 @@ from ...neumeta.export import export_onnx as onnx_export
 from ...neumeta.inr import NeuMetaINR
 from ...neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs, weight_norm
 from ...neumeta.morph import MorphSpec
+from ...neumeta.resume import ResumeFile, content_hash
 from ...neumeta.sample import load_inr, sample_model
 from ...neumeta.train import (
     FitConfig,
@@ -53,6 +56,7 @@ def prepare_data(data: dict, seed: int) -> dict:
     params = DataParams.model_validate(data)
     arrays = load_source(params.source, params.root, params.download)
     splits = make_splits(arrays, params.val_fraction, params.test_fraction, seed, params.max_train)
+    splits["made_with"] = params.split_settings(seed)  # a later stage refuses a split made otherwise
     log.info(
         "data %s: %d train, %d validation, %d test images",
         params.source, len(splits["y_train"]), len(splits["y_val"]), len(splits["y_test"]),
@@ -63,13 +67,15 @@ def prepare_data(data: dict, seed: int) -> dict:
 def pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str, task: str) -> tuple[dict, list[dict]]:
     """Train the full-width network that NeuMeta starts from; the best validation epoch is kept."""
     arch = ModelParams.model_validate(model).model_dump()
-    config = fit_config(FitParams.model_validate(pretrain), task, "pretrain")
+    params = FitParams.model_validate(pretrain)
     dev = resolve_device(device)
     generator = seed_everything(seed)
     net = build_model(arch["name"], **arch["kwargs"]).to(dev)
     check_labels(splits, net, example_input(arch).to(dev))
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
-    result = fit(net, classification_objective(net), train, lambda m: accuracy(m, val), config, generator, "pretrain")
+    with resume_file(params, task, "pretrain", seed, dev, {"model": arch}, {"splits": content_hash(splits)}) as resume:
+        result = fit(net, classification_objective(net), train, lambda m: accuracy(m, val), fit_config(params), generator,
+                     "pretrain", resume)
     log.info("pretrained %s: best validation accuracy %.4f at epoch %d", arch["name"], result.best_score, result.best_epoch)
     return model_checkpoint(result.best, arch, val_accuracy=result.best_score), result.history
 
@@ -121,7 +127,6 @@ def train_inr(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
         train_p.lambda_recon, train_p.lambda_reg, generator, train_p.tensor_fraction,
     )
-    config = fit_config(train_p, task, "train_inr")
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
     val_widths = [spec.widths(g) for g in train_p.validation_compressions]
 
@@ -133,15 +138,24 @@ def train_inr(
             scores.append(accuracy(lambda x: spec.run(target, widths, weights, x), val))
         return sum(scores) / len(scores)
 
-    # An interrupted run resumes from its own saved state, so its warm start is not redone.
-    resuming = config.checkpoint_path is not None and Path(config.checkpoint_path).exists()
-    steps = 0 if resuming else train_p.reconstruction_steps
-    start = time.perf_counter()
-    warm = fit_reconstruction(hyper, loss.reference, steps, train_p.reconstruction_lr, train_p.coord_noise, generator)
-    if warm:
-        log.info("INR reconstruction warm start: error %.4f -> %.4f in %d steps", warm[0], warm[-1], len(warm))
-    warm_seconds = time.perf_counter() - start
-    result = fit(hyper, loss, train, validate, config, generator, "train_inr")
+    settings = {"morph": morph_p.model_dump(), "inr": inr_p.model_dump()}
+    inputs = {"fused_model": content_hash(fused_model), "splits": content_hash(splits)}
+    with resume_file(train_p, task, "train_inr", seed, dev, settings, inputs) as resume:
+        saved = resume.load() if resume is not None else None
+        if saved is not None:
+            # The saved state already holds the warm-started INR; its record comes back with it.
+            warm, warm_seconds = resume.extra["warm_start"], resume.extra["warm_seconds"]
+        else:
+            start = time.perf_counter()
+            warm = fit_reconstruction(
+                hyper, loss.reference, train_p.reconstruction_steps, train_p.reconstruction_lr, train_p.coord_noise, generator
+            )
+            warm_seconds = time.perf_counter() - start
+            if warm:
+                log.info("INR reconstruction warm start: error %.4f -> %.4f in %d steps", warm[0], warm[-1], len(warm))
+            if resume is not None:
+                resume.extra = {"warm_start": warm, "warm_seconds": warm_seconds}
+        result = fit(hyper, loss, train, validate, fit_config(train_p), generator, "train_inr", resume)
     log.info("INR: best mean validation accuracy %.4f at epoch %d", result.best_score, result.best_epoch)
     checkpoint = {
         "spec": spec.to_dict(),
@@ -151,11 +165,13 @@ def train_inr(
         "best_epoch": result.best_epoch,
         "generated_parameters": sum(math.prod(t.full_shape) for t in spec.tensors),
         "inr_parameters": sum(p.numel() for p in hyper.parameters()),
+        "trained_on": inputs,  # content hashes: which fused model and split this INR was fitted to
     }
     history = {
         "device": device_label(dev),
         "reconstruction_seconds": warm_seconds,
         "reconstruction_warm_start": warm[:: max(1, len(warm) // 100)],
+        "resumed_from_epoch": result.resumed_from,
         "epochs": result.history,
     }
     return checkpoint, history
@@ -236,12 +252,29 @@ def export_onnx(sampled_models: dict, export: dict) -> tuple[bytes, dict]:
     return data, report
 
 
-def fit_config(params: FitParams, task: str, stage: str) -> FitConfig:
-    """The loop's settings; with ``resume`` on, an interrupted run continues from
-    ``data/06_models/<task>/<stage>_resume.pt`` (a working file, removed when the stage finishes)."""
-    fields = {k: v for k, v in params.model_dump().items() if k in FitConfig.__dataclass_fields__}
-    path = f"data/06_models/{task}/{stage}_resume.pt" if params.resume else None
-    return FitConfig(**fields, checkpoint_path=path)
+def fit_config(params: FitParams) -> FitConfig:
+    """The loop's settings from a validated parameter section."""
+    return FitConfig(**{k: v for k, v in params.model_dump().items() if k in FitConfig.__dataclass_fields__})
+
+
+def resume_file(
+    params: FitParams, task: str, stage: str, seed: int, device: torch.device, settings: dict, inputs: dict
+) -> AbstractContextManager[ResumeFile | None]:
+    """The stage's resume file when ``resume`` is on (else nothing), in
+    ``data/06_models/<task>/resume/``, named by everything that determines the stage's result: the
+    seed, the device, the loop's settings and ``settings`` (the other parameter sections the stage
+    reads) and ``inputs`` (content hashes of the stage's inputs). A working file: it is removed when
+    the stage finishes."""
+    if not params.resume:
+        return contextlib.nullcontext()
+    config = {
+        "seed": seed,
+        "device": device_label(device),
+        "loop": params.model_dump(exclude={"progress", "resume"}),  # switches that do not change the result
+        **settings,
+        "inputs": inputs,
+    }
+    return ResumeFile(Path("data/06_models") / task / "resume", stage, config)
 
 
 def check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:

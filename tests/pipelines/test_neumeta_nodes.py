@@ -1,0 +1,120 @@
+"""The NeuMeta nodes called directly (no Kedro session): resume keys, locks and their messages."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from neumeta_pipeline.data import make_splits
+from neumeta_pipeline.models import build_model
+from neumeta_pipeline.models.checkpoint import model_checkpoint
+from neumeta_pipeline.neumeta.resume import ResumeFileError, RunConflictError
+from neumeta_pipeline.neumeta.train import NeuMetaLoss
+from neumeta_pipeline.pipelines.neumeta import nodes
+from tests.conftest import _digit_images
+
+TASK = "tiny"
+ARCH = {"name": "lenet", "kwargs": {"width": 4}, "input_shape": [1, 28, 28]}
+MORPH = {"compression_range": [0.0, 0.5]}
+INR = {"num_frequencies": 4, "hidden": 16, "depth": 1}
+TRAIN = {"epochs": 2, "batch_size": 32, "reconstruction_steps": 5, "progress": False, "validation_compressions": [0.0, 0.5]}
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    torch.manual_seed(0)
+    labels = np.arange(160) % 10
+    arrays = {"x_train": _digit_images(labels, np.random.default_rng(0))[:, None], "y_train": labels}
+    splits = make_splits(arrays, 0.2, 0.2, seed=0)  # 4 training steps of 32 per epoch
+    return model_checkpoint(build_model("lenet", width=4), ARCH, fused=True), splits
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # resume files live under data/06_models/<task>/resume
+    return tmp_path / "data" / "06_models" / TASK / "resume"
+
+
+def train(inputs, seed=0, interrupt_at=None, monkeypatch=None, **changes):
+    """The train_inr node; with ``interrupt_at``, it stops at that training step as a crash would."""
+    if interrupt_at is not None:
+        call, steps = NeuMetaLoss.__call__, {"n": 0}
+
+        def interrupting(self, x, y):
+            steps["n"] += 1
+            if steps["n"] == interrupt_at:
+                raise Interrupted
+            return call(self, x, y)
+
+        monkeypatch.setattr(NeuMetaLoss, "__call__", interrupting)
+    try:
+        return nodes.train_inr(*inputs, MORPH, INR, {**TRAIN, **changes}, seed, "cpu", TASK)
+    finally:
+        if interrupt_at is not None:
+            monkeypatch.setattr(NeuMetaLoss, "__call__", call)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a["state_dict"].keys() == b["state_dict"].keys() and all(
+        torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]
+    )
+
+
+def interrupt(inputs, monkeypatch, seed=0, **changes):
+    with pytest.raises(Interrupted):
+        train(inputs, seed, interrupt_at=6, monkeypatch=monkeypatch, **changes)  # mid second epoch
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"lambda_recon": 0.5}], ids=["seed", "loss_weight"])
+def test_a_changed_configuration_after_an_interruption_trains_afresh(inputs, workdir, monkeypatch, caplog, change):
+    seed = change.get("seed", 0)
+    loop = {k: v for k, v in change.items() if k != "seed"}
+    fresh, _ = train(inputs, seed, **loop)
+    interrupt(inputs, monkeypatch)
+    (left,) = workdir.glob("train_inr-*.pt")
+    with caplog.at_level(logging.INFO):
+        rerun, history = train(inputs, seed, **loop)
+    assert same_weights(rerun, fresh) and history["resumed_from_epoch"] == 0
+    assert "train_inr starts afresh: the interrupted run in" in caplog.text
+    assert ("seed: 0 -> 1" if "seed" in change else "loop.lambda_recon: 1.0 -> 0.5") in caplog.text
+    assert left.exists()  # the interrupted configuration keeps its state for its own rerun
+
+
+def test_a_resumed_run_says_so_keeps_its_warm_start_record_and_equals_an_uninterrupted_one(inputs, workdir, monkeypatch, caplog):
+    straight, straight_history = train(inputs)
+    interrupt(inputs, monkeypatch)
+    (saved,) = workdir.glob("train_inr-*.pt")
+    with caplog.at_level(logging.INFO):
+        resumed, history = train(inputs)
+    assert f"resuming train_inr from epoch 1 of 2 ({saved.relative_to(workdir.parents[3])})" in caplog.text
+    assert same_weights(resumed, straight)
+    assert history["resumed_from_epoch"] == 1
+    assert history["reconstruction_warm_start"] == straight_history["reconstruction_warm_start"] != []
+    assert history["reconstruction_seconds"] > 0
+    assert [e["train_loss"] for e in history["epochs"]] == [e["train_loss"] for e in straight_history["epochs"]]
+    assert not list(workdir.glob("train_inr-*"))  # finished: nothing left behind
+
+
+def test_a_run_of_the_same_configuration_in_progress_stops_the_second_with_a_message(inputs, workdir, monkeypatch):
+    interrupt(inputs, monkeypatch)
+    (lock,) = workdir.glob("train_inr-*.lock")
+    with open(lock, "r+") as held:  # as the first run's process holds it while it trains
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunConflictError, match="same configuration is training train_inr right now"):
+            train(inputs)
+
+
+def test_an_unreadable_resume_file_stops_the_stage_with_the_command_that_removes_it(inputs, workdir, monkeypatch):
+    interrupt(inputs, monkeypatch)
+    (saved,) = workdir.glob("train_inr-*.pt")
+    saved.write_bytes(saved.read_bytes()[:100])  # torn, as by a full disk
+    with pytest.raises(ResumeFileError, match=f"rm {saved.relative_to(workdir.parents[3])}"):
+        train(inputs)
