@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +20,12 @@ COMPARE_NODES = ["train_individual", "train_slimmable", "prune_pretrained", "tra
                  "evaluate_slimmable", "evaluate_pruning", "evaluate_distilled", "compare_methods", "analyse_similarity"]
 
 
-def kedro(project: Path, *args: str) -> str:
+def kedro(project: Path, *args: str, expect: int = 0) -> str:
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    env.pop("NEUMETA_TRACEBACK", None)
     done = subprocess.run([KEDRO, *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    assert done.returncode == expect, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
 def test_registry_lists_every_task_with_its_baselines(tmp_path):
@@ -53,7 +55,23 @@ def test_viz_build_lists_every_node_of_every_task(tmp_path):
         assert names == {f"{task}.{n}" for n in (*NODES, *COMPARE_NODES)}
 
 
-def test_run_with_the_deprecated_pipeline_flag(tmp_path):
+def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(tmp_path):
     project = make_project(tmp_path)
     kedro(project, "run", "--pipeline=mnist_offline")
-    assert list((project / "data" / "08_reporting" / "mnist_offline" / "metrics.json").glob("*/metrics.json"))
+    data = project / "data"
+    versions = sorted(data.glob("*/mnist_offline/*/*/"))
+    assert len(versions) == 16 and data / "08_reporting/mnist_offline/metrics.json" in [v.parent for v in versions]
+    for version in versions:  # as if an earlier run had written each dataset too
+        shutil.copytree(version, version.with_name("2020-01-01T00.00.00.000Z"))
+    dry = kedro(project, "prune", "--keep", "1", "--task", "mnist_offline")
+    assert "data/06_models/mnist_offline/inr_checkpoint.pt: would remove 1 of 2 versions" in dry
+    assert "run again with --apply" in dry and len(list(data.glob("*/mnist_offline/*/*/"))) == 32
+    kedro(project, "prune", "--keep", "1", "--apply")
+    assert sorted(data.glob("*/mnist_offline/*/*/")) == versions
+
+
+def test_a_user_error_prints_its_reason_without_a_traceback(tmp_path):
+    out = kedro(make_project(tmp_path), "run", "--params", "mnist_offline.morph.generated=conv9", expect=1)
+    assert "Error: invalid parameters for task 'mnist_offline'" in out
+    assert "mnist_offline.morph.generated: 'conv9' matches none of the conv/linear modules" in out
+    assert "Traceback" not in out and len(out.splitlines()) < 40

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .baselines.pruning import IMPORTANCES
 from .data import SOURCES
+from .errors import UserError
 from .models import MODELS
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
+
+
+class ConfigError(UserError):
+    """A parameter is invalid; the message names the task, the key and the valid choices."""
 
 
 class _Section(BaseModel):
@@ -27,6 +33,10 @@ class DataParams(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="only for sources without a test split")
     max_train: int | None = Field(None, ge=1)
+
+    def split_settings(self, seed: int) -> dict:
+        """Everything that decides which images land in which split (not ``download``)."""
+        return {**self.model_dump(exclude={"download"}), "seed": seed}
 
 
 class ModelParams(_Section):
@@ -222,6 +232,34 @@ def validate_task(task: str, params: dict) -> TaskParams:
         problems = "\n".join(
             f"  {task}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ValueError(
-            f"invalid parameters for task {task!r} (conf/base/parameters_{task}.yml):\n{problems}"
-        ) from None
+        raise ConfigError(f"invalid parameters for task {task!r} (conf/base/parameters_{task}.yml):\n{problems}") from None
+
+
+def check_against_model(task: str, params: TaskParams) -> None:
+    """The checks that need the network but no training: its keyword arguments, the input shape,
+    the ``morph`` patterns (on the fused network the INR generates) and the similarity layer."""
+    from .models import build_model
+    from .models.checkpoint import example_input
+    from .neumeta.fuse import fuse_batchnorm
+    from .neumeta.morph import MorphSpec
+
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"invalid parameters for task {task!r} (conf/base/parameters_{task}.yml): {task}.{key}: {problem}")
+
+    try:
+        net = build_model(params.model.name, **params.model.kwargs).eval()
+    except (TypeError, ValueError) as exc:
+        raise fail("model.kwargs", str(exc)) from None
+    arch = params.model.model_dump()
+    try:
+        with torch.no_grad():
+            net(example_input(arch))
+    except Exception as exc:  # a shape mismatch surfaces as whatever the first layer raises
+        raise fail("model.input_shape", f"{arch['input_shape']} does not fit {params.model.name}: {exc}") from None
+    try:
+        MorphSpec(fuse_batchnorm(net), example_input(arch), params.morph.generated, params.morph.morphable)
+    except ValueError as exc:  # the library's message starts with the key: "generated: ..." or "morphable: ..."
+        raise ConfigError(f"invalid parameters for task {task!r} (conf/base/parameters_{task}.yml): {task}.morph.{exc}") from None
+    layers = [name for name, _ in net.named_modules() if name]
+    if params.similarity.layer not in layers:
+        raise fail("similarity.layer", f"{params.similarity.layer!r} is not a layer of {params.model.name}; layers: {', '.join(layers)}")

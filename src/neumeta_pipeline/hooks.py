@@ -1,29 +1,90 @@
-"""Reject invalid parameters of every task in a run before its first node starts."""
+"""What every run does around its nodes: reject bad parameters before the first node starts, keep
+each run to its own versions, and refuse a data split made with other settings."""
 
 from __future__ import annotations
 
-from kedro.framework.hooks import hook_impl
+import logging
 
-from .config import validate_task
-from .models import build_model
+from kedro.framework.hooks import hook_impl
+from kedro.io.core import AbstractVersionedDataset, Version, VersionNotFoundError
+
+from .config import ConfigError, DataParams, check_against_model, validate_task
+from .data import check_available
+from .errors import UserError, install_excepthook
+from .neumeta.train import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def _tasks(pipeline) -> list[str]:
+    return sorted({n.namespace.split(".")[0] for n in pipeline.nodes if n.namespace})
 
 
 class ValidateParametersHook:
     @hook_impl
+    def after_context_created(self, context) -> None:
+        install_excepthook()  # a user error prints as its message, not as a traceback
+
+    @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
-        tasks = sorted({n.namespace.split(".")[0] for n in pipeline.nodes if n.namespace})
-        for task in tasks:
+        names = {n.name for n in pipeline.nodes}
+        inputs = {i for n in pipeline.nodes for i in n.inputs}
+        for task in _tasks(pipeline):
             key = f"params:{task}"
             if key not in catalog:
-                raise ValueError(f"no parameters for task {task!r}: add a top-level '{task}:' key in conf/base/parameters_{task}.yml")
+                raise ConfigError(f"no parameters for task {task!r}: add a top-level '{task}:' key in conf/base/parameters_{task}.yml")
             params = validate_task(task, catalog.load(key))
+            check_against_model(task, params)
+            if f"params:{task}.device" in inputs:
+                try:
+                    resolve_device(params.device)
+                except UserError as exc:
+                    raise ConfigError(f"invalid parameters for task {task!r}: {task}.device: {exc}") from None
+            if f"{task}.prepare_data" in names:
+                check_available(params.data.source, params.data.root, params.data.download)
+
+
+class RunIsolationHook:
+    """A run reads back exactly what it wrote, and inputs it did not write as they were when it
+    started: a second run writing the same datasets at the same time can never leak into it."""
+
+    def __init__(self) -> None:
+        self._split_settings: dict[str, dict] = {}
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        self._split_settings = {
+            task: DataParams.model_validate(catalog.load(f"params:{task}.data")).split_settings(catalog.load(f"params:{task}.seed"))
+            for task in _tasks(pipeline)
+        }
+        produced = pipeline.all_outputs()
+        for name in sorted(pipeline.datasets()):
+            dataset = catalog.get(name)
+            version = getattr(dataset, "_version", None)
+            if not isinstance(dataset, AbstractVersionedDataset) or version is None or version.load is not None:
+                continue  # not versioned, or pinned by --load-versions
+            save = dataset.resolve_save_version()
+            if name in produced:
+                # Kedro would otherwise load the newest version on disk, which another run may have written.
+                dataset._version = Version(save, save)
+                continue
             try:
-                net = build_model(params.model.name, **params.model.kwargs)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"invalid parameters for task {task!r}: {task}.model.kwargs: {exc}") from None
-            layers = [name for name, _ in net.named_modules() if name]
-            if params.similarity.layer not in layers:
-                raise ValueError(
-                    f"invalid parameters for task {task!r}: {task}.similarity.layer {params.similarity.layer!r} "
-                    f"is not a layer of {params.model.name}; layers: {', '.join(layers)}"
+                latest = dataset.resolve_load_version()
+            except VersionNotFoundError:
+                continue  # Kedro reports the missing input when the node needs it
+            dataset._version = Version(latest, save)
+            log.info("reading %s version %s", name, latest)
+
+    @hook_impl
+    def before_node_run(self, node, inputs: dict) -> None:
+        for name, value in inputs.items():
+            task = name.rsplit(".", 1)[0]
+            if not name.endswith(".splits") or task not in self._split_settings:
+                continue
+            wanted, made = self._split_settings[task], value.get("made_with")
+            if made != wanted:
+                changed = ", ".join(f"{k} {made.get(k)!r} -> {v!r}" for k, v in wanted.items() if made.get(k) != v) if made else "unknown settings"
+                raise UserError(
+                    f"the data split {name} that {node.name} would read was made with other data settings ({changed}); "
+                    f"make a new one first: kedro run --pipelines={task} --from-nodes={task}.prepare_data"
                 )

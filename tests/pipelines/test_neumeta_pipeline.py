@@ -11,11 +11,12 @@ import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from neumeta_pipeline.errors import UserError
 from neumeta_pipeline.models.checkpoint import load_model
 from neumeta_pipeline.pipeline_registry import TASKS
 
 VERSIONED = [
-    "06_models/{t}/pretrained_model.pt", "08_reporting/{t}/pretrain_history.json",
+    "05_model_input/{t}/data_split.pt", "06_models/{t}/pretrained_model.pt", "08_reporting/{t}/pretrain_history.json",
     "02_intermediate/{t}/dependency_graph.json", "06_models/{t}/permuted_model.pt",
     "08_reporting/{t}/permutation_report.json", "06_models/{t}/fused_model.pt",
     "06_models/{t}/inr_checkpoint.pt", "08_reporting/{t}/inr_history.json",
@@ -69,26 +70,44 @@ def test_evaluate_reruns_alone_on_the_latest_versions(project):
     assert len(versions(data / f"06_models/{task}/pretrained_model.pt")) == 1
 
 
-def test_rerun_from_train_inr_uses_the_changed_parameters(project):
+def test_rerun_from_train_inr_uses_the_changed_parameters_and_refuses_a_stale_split(project):
     task = "mnist_offline"
     run(project, task)
     path = project / "conf" / "base" / f"parameters_{task}.yml"
-    path.write_text(path.read_text().replace("hidden: 16", "hidden: 24"))
-    run(project, task, from_nodes=[f"{task}.train_inr"])
+    original = path.read_text()
+    # A split made with other data settings is never read: the rerun stops before training.
+    path.write_text(original.replace("val_fraction: 0.1", "val_fraction: 0.2"))
+    with pytest.raises(UserError, match=f"val_fraction 0.1 -> 0.2.*--from-nodes={task}.prepare_data"):
+        run(project, task, from_nodes=[f"{task}.train_inr"])
     data = project / "data"
+    assert len(versions(data / f"06_models/{task}/inr_checkpoint.pt")) == 1
+    path.write_text(original.replace("hidden: 16", "hidden: 24"))
+    run(project, task, from_nodes=[f"{task}.train_inr"])
     inrs = versions(data / f"06_models/{task}/inr_checkpoint.pt")
     assert len(inrs) == 2 and len(versions(data / f"06_models/{task}/pretrained_model.pt")) == 1
     latest = torch.load(inrs[-1], weights_only=True)
     assert latest["inr_config"]["hidden"] == 24
 
 
-def test_invalid_parameters_stop_the_run_before_training(project):
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("samples: 2", "samples: 0", "sample.samples"),
+        ("generated: all", "generated: conv9", "morph.generated: 'conv9' matches none of the conv/linear modules: conv1, conv2"),
+        ("morphable: all", "morphable: [layer9]", "morph.morphable: 'layer9' matches none of the channel groups"),
+        ("device: auto", "device: cuda:99", "mnist_offline.device: device 'cuda:99' was requested but this machine has"),
+        ("input_shape:\n    - 1", "input_shape:\n    - 3", "model.input_shape"),
+    ],
+    ids=["range", "generated", "morphable", "device", "input_shape"],
+)
+def test_invalid_parameters_stop_the_run_before_any_node_writes(project, old, new, message):
     task = "mnist_offline"
     path = project / "conf" / "base" / f"parameters_{task}.yml"
-    path.write_text(path.read_text().replace("samples: 2", "samples: 0"))
-    with pytest.raises(ValueError, match="sample.samples"):
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new))
+    with pytest.raises(UserError, match=message):
         run(project, task)
-    assert not (project / "data" / "06_models" / task).exists()
+    assert not [p for p in (project / "data").rglob("*") if p.is_file() and "01_raw" not in p.parts]
 
 
 def test_missing_data_names_the_folder(project):

