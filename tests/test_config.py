@@ -33,6 +33,7 @@ def test_shipped_parameters_are_valid(task):
         (("baselines", "slimmable_compressions"), [0.25, 0.5], "at least as wide"),
         (("baselines", "pruning_importances"), ["l1", "snip"], "baselines.pruning_importances"),
         (("similarity",), None, "similarity"),
+        (("permute", "objective"), "bn_folded", "permute.objective"),
     ],
 )
 def test_invalid_parameters_are_rejected_with_the_key(path, value, message):

@@ -15,6 +15,7 @@ from .baselines.pruning import IMPORTANCES
 from .data import SOURCES
 from .errors import UserError
 from .models import MODELS
+from .neumeta.permute import OBJECTIVES
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
 
 
@@ -80,6 +81,9 @@ class PermuteParams(_Section):
     solver: Literal[SOLVERS_TSP] = "local_search"  # type: ignore[valid-type]
     time_limit: float | None = Field(None, gt=0.0, description="seconds per group; None is deterministic")
     seed: int = 0
+    objective: Literal[OBJECTIVES] = Field(  # type: ignore[valid-type]
+        "fused", description="TV of the BatchNorm-folded tensors the INR generates (the paper), or raw: BN included"
+    )
 
 
 def _check_compression(value: float) -> float:

@@ -18,6 +18,7 @@ from neumeta_pipeline.neumeta.permute import (
     SOLVERS,
     _path_cost,
     apply_permutation,
+    fused_total_variation,
     group_total_variation,
     smooth,
     solve_path,
@@ -97,8 +98,14 @@ def test_smooth_lowers_tv_below_identity_and_random_orders(surgery_zoo, smoothed
     assert after < np.mean(random_tvs)
     for entry in report["groups"]:
         assert entry["tv_after"] <= entry["tv_before"] + 1e-9
-        assert set(entry) == {"group", "channels", "tv_before", "tv_after", "seconds", "permuted", "reason"}
-    assert set(report) == {"groups", "tv_before", "tv_after", "seconds", "solver", "seed"}
+        assert set(entry) == {"group", "channels", "tv_before", "tv_after", "tv_fused_before", "tv_fused_after",
+                              "seconds", "permuted", "reason"}
+    assert set(report) == {"groups", "objective", "tv_before", "tv_after", "tv_fused_before", "tv_fused_after",
+                           "seconds", "solver", "seed"}
+    assert report["objective"] == "raw"
+    # The raw objective also reports the TV of the fused tensors, for the ablation against "fused".
+    assert report["tv_fused_before"] == pytest.approx(fused_total_variation(model, groups))
+    assert report["tv_fused_after"] == pytest.approx(fused_total_variation(smoothed, groups))
     json.dumps(report)
 
 
@@ -149,6 +156,74 @@ def test_groups_from_before_fusion_still_apply_after_it(surgery_zoo):
     fused_groups = channel_groups(fused, x)
     assert not any("running_mean" in m.tensor for g in fused_groups for m in g.members)
     assert [g.name for g in fused_groups] == [g.name for g in groups]
+
+
+@pytest.fixture(scope="module")
+def fused_objective(surgery_zoo):
+    """LeNet (no BN) and ResNet20 (random BN statistics) permuted on their fused view."""
+    out = {}
+    for name in ("lenet", "resnet20"):
+        model, x, _ = surgery_zoo(name)
+        out[name] = smooth(model, x, groups=surgery_zoo.groups(name), objective="fused", solver="two_opt")
+    return out
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet20"])
+def test_fused_objective_preserves_the_function(surgery_zoo, fused_objective, name):
+    model, x, ref = surgery_zoo(name)
+    smoothed, report = fused_objective[name]
+    assert sum(g["permuted"] for g in report["groups"]) >= 3
+    # The returned network is not fused; fusing it gives the network the INR learns from.
+    assert any(isinstance(m, nn.BatchNorm2d) for m in smoothed.modules()) == (name == "resnet20")
+    assert relative_error(ref, run(smoothed, x)) <= TOL
+    assert relative_error(ref, run(fuse_batchnorm(smoothed), x)) <= TOL
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet20"])
+def test_fused_objective_lowers_the_tv_of_the_fused_tensors(surgery_zoo, fused_objective, name):
+    model, _, _ = surgery_zoo(name)
+    groups = surgery_zoo.groups(name)
+    smoothed, report = fused_objective[name]
+    assert report["objective"] == "fused"
+    before, after = fused_total_variation(model, groups), fused_total_variation(smoothed, groups)
+    assert report["tv_fused_before"] == pytest.approx(before) and report["tv_fused_after"] == pytest.approx(after)
+    assert after < before
+    for entry in report["groups"]:
+        assert entry["tv_fused_after"] <= entry["tv_fused_before"] + 1e-9
+    # The raw TV (BN included) is still reported, but it is not what was minimised.
+    assert report["tv_after"] == pytest.approx(total_variation(smoothed, groups))
+    json.dumps(report)
+
+
+def test_fused_objective_equals_permuting_the_fused_network(surgery_zoo, fused_objective):
+    """Fold then permute (the paper) and permute-on-the-fused-view then fold give the same weights."""
+    model, x, _ = surgery_zoo("resnet20")
+    groups = surgery_zoo.groups("resnet20")
+    fused_first, _ = smooth(fuse_batchnorm(model), x, groups=groups, solver="two_opt")
+    ours = fuse_batchnorm(fused_objective["resnet20"][0])
+    a, b = fused_first.state_dict(), ours.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+def test_fused_objective_finds_other_orders_than_the_raw_one(surgery_zoo, fused_objective):
+    # With BN statistics in the raw objective, ResNet20's orders differ from the fused ones.
+    model, x, _ = surgery_zoo("resnet20")
+    raw, _ = smooth(model, x, groups=surgery_zoo.groups("resnet20"), solver="two_opt")
+    assert not state_equal(raw, fused_objective["resnet20"][0])
+
+
+def test_untraceable_models_still_permute_on_the_raw_objective():
+    from tests.neumeta.test_fuse import DataDependent
+
+    model, x = DataDependent().eval(), torch.randn(1, 3, 8, 8)
+    _, report = smooth(model, x)
+    assert report["tv_fused_before"] is None and report["tv_fused_after"] is None
+    with pytest.raises(RuntimeError, match="torch.fx"):
+        smooth(model, x, objective="fused")
+    with pytest.raises(ValueError, match="unknown objective"):
+        smooth(model, x, objective="bn")
 
 
 def test_float32_and_float64_models_both_work(surgery_zoo):

@@ -1,4 +1,5 @@
-"""The NeuMeta nodes called directly (no Kedro session): resume keys, locks and their messages."""
+"""The NeuMeta nodes called directly, on tiny models (no Kedro session): permutation objectives,
+resume keys, locks and their messages."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import torch
 
 from neumeta_pipeline.data import make_splits
 from neumeta_pipeline.models import build_model
-from neumeta_pipeline.models.checkpoint import model_checkpoint
+from neumeta_pipeline.models.checkpoint import load_model, model_checkpoint
+from neumeta_pipeline.neumeta.graph import ChannelGroup
+from neumeta_pipeline.neumeta.permute import total_variation
 from neumeta_pipeline.neumeta.resume import ResumeFileError, RunConflictError
 from neumeta_pipeline.neumeta.train import NeuMetaLoss
 from neumeta_pipeline.pipelines.neumeta import nodes
 from tests.conftest import _digit_images
+from tests.neumeta.conftest import randomize_batchnorm, relative_error
 
 TASK = "tiny"
 ARCH = {"name": "lenet", "kwargs": {"width": 4}, "input_shape": [1, 28, 28]}
@@ -118,3 +122,39 @@ def test_an_unreadable_resume_file_stops_the_stage_with_the_command_that_removes
     saved.write_bytes(saved.read_bytes()[:100])  # torn, as by a full disk
     with pytest.raises(ResumeFileError, match=f"rm {saved.relative_to(workdir.parents[3])}"):
         train(inputs)
+
+
+# -- permutation objectives ------------------------------------------------------------
+
+RESNET = {"name": "resnet20", "kwargs": {"num_classes": 10}, "input_shape": [3, 32, 32]}
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    torch.manual_seed(0)
+    checkpoint = model_checkpoint(randomize_batchnorm(build_model("resnet20")), RESNET)
+    return checkpoint, nodes.extract_dependency_graph(checkpoint)
+
+
+@pytest.mark.parametrize("objective", ["fused", "raw"])
+def test_permute_then_fuse_keeps_the_function_and_reports_the_fused_tv(resnet20, objective):
+    pretrained, dependency_graph = resnet20
+    permuted, report = nodes.permute_weights(pretrained, dependency_graph, {"solver": "two_opt", "objective": objective})
+    fused = load_model(nodes.fuse_batchnorm(permuted))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert relative_error(load_model(pretrained)(x), fused(x)) <= 1e-5
+    # tv_fused_after is the TV of the fused_model the INR learns from, whichever objective ran.
+    groups = [ChannelGroup.from_dict(g) for g in dependency_graph["groups"]]
+    assert report["enabled"] and report["objective"] == objective
+    assert report["tv_fused_after"] == pytest.approx(total_variation(fused, groups))
+    minimised = "tv_fused" if objective == "fused" else "tv"
+    assert report[f"{minimised}_after"] < report[f"{minimised}_before"]
+
+
+def test_disabled_permutation_reports_both_tvs_unchanged(resnet20):
+    pretrained, dependency_graph = resnet20
+    permuted, report = nodes.permute_weights(pretrained, dependency_graph, {"enabled": False})
+    assert report["tv_before"] == report["tv_after"] and report["tv_fused_before"] == report["tv_fused_after"]
+    assert report["tv_fused_before"] != report["tv_before"]  # BN statistics count in the raw TV only
+    assert all(torch.equal(permuted["state_dict"][k], v) for k, v in pretrained["state_dict"].items())

@@ -7,6 +7,10 @@ so a shortest Hamiltonian *path* through the cities is the order of least TV. Th
 as a TSP with one dummy city at distance 0 from all others; the tour is rotated to start at the
 dummy, which is then dropped. Groups are independent: permuting one group reorders the other axes
 of a tensor consistently, which leaves every other group's L1 distances unchanged.
+
+The cities can be taken from the network as trained or from its BatchNorm-folded view (the
+``objective``); the orders found on the fused view are applied to the unfused network, which is
+exact because folding scales and shifts each output channel on its own.
 """
 
 from __future__ import annotations
@@ -20,15 +24,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fuse import fuse_batchnorm
 from .graph import ChannelGroup, Member, channel_groups, channel_index
 
-__all__ = ["SOLVERS", "total_variation", "group_total_variation", "apply_permutation", "smooth", "solve_path"]
+__all__ = [
+    "SOLVERS",
+    "OBJECTIVES",
+    "total_variation",
+    "fused_total_variation",
+    "group_total_variation",
+    "apply_permutation",
+    "smooth",
+    "solve_path",
+]
 
 # nearest_neighbour: greedy path only. two_opt: greedy path + vectorised 2-opt / Or-opt (numpy) to a
 # local optimum. local_search, simulated_annealing: python-tsp's heuristics started from the greedy
 # path. python-tsp's lin_kernighan is left out: it can loop forever (python-tsp issue #67; here it
 # did not return for 32 random cities).
 SOLVERS = ("local_search", "two_opt", "simulated_annealing", "nearest_neighbour")
+# Which tensors the TV objective sees: "raw" the network as trained (BatchNorm parameters and
+# statistics are cities' coordinates too), "fused" the network with BatchNorm folded, i.e. the
+# tensors the INR generates (the paper's order: fold, then permute).
+OBJECTIVES = ("raw", "fused")
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -251,37 +269,59 @@ def smooth(
     solver: str = "local_search",
     time_limit: float | None = None,
     groups: list[ChannelGroup] | None = None,
+    objective: str = "raw",
 ) -> tuple[nn.Module, dict]:
     """A deep copy of ``model`` with every permutable group reordered along a short TV path.
 
+    ``objective`` says which tensors the TV is measured on: ``"raw"`` the model as given (BatchNorm
+    parameters and statistics included), ``"fused"`` the model with BatchNorm folded, i.e. exactly
+    the conv/linear tensors the INR generates. Either way the returned model is ``model``
+    reordered, not fused: a channel order commutes with folding, so fusing it afterwards gives the
+    fused view permuted by the same orders.
+
     ``time_limit`` bounds each group's improvement phase in seconds (None: run to a local optimum,
-    deterministic). A new order is kept only if it lowers the group's TV. Returns the model and a
-    JSON-serialisable report (per group and summed over permutable groups).
+    deterministic). A new order is kept only if it lowers the objective's TV. Returns the model and
+    a JSON-serialisable report (per group and summed over permutable groups): ``tv_before`` /
+    ``tv_after`` on the raw tensors and ``tv_fused_before`` / ``tv_fused_after`` on the fused ones
+    (None when the model cannot be traced for fusion; the fused objective then raises).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose from {SOLVERS}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
     tic = time.perf_counter()
     model = copy.deepcopy(model)
     if groups is None:
         groups = channel_groups(model, example_input)
+    fused = _fused_view(model, required=objective == "fused")
     state = model.state_dict(keep_vars=True)
+    fused_state = fused.state_dict(keep_vars=True) if fused is not None else None
     entries = []
     for g in groups:
         t0 = time.perf_counter()
         members = _effective_members(model, g)
+        fused_members = _effective_members(fused, g) if fused is not None else []
         x = _features(state, members, g.size)
+        xf = _features(fused_state, fused_members, g.size) if fused is not None else None
         tv_before = _tv(x)
+        tv_fused_before = _tv(xf) if xf is not None else None
         entry = {"group": g.name, "channels": g.size, "tv_before": tv_before, "tv_after": tv_before,
+                 "tv_fused_before": tv_fused_before, "tv_fused_after": tv_fused_before,
                  "seconds": 0.0, "permuted": False, "reason": g.reason}
         if g.permutable and g.size <= 2:
             entry["reason"] = "two channels or fewer: every order has the same TV"
         elif g.permutable:
-            d = torch.cdist(x[None], x[None], p=1)[0].numpy()
+            cities = xf if objective == "fused" else x
+            d = torch.cdist(cities[None], cities[None], p=1)[0].numpy()
             order = solve_path(d, solver=solver, seed=seed, time_limit=time_limit)
             if _path_cost(d, order) < _path_cost(d, np.arange(g.size)):
-                apply_permutation(model, g, torch.from_numpy(order))
+                perm = torch.from_numpy(order)
+                apply_permutation(model, g, perm)
                 entry["permuted"] = True
                 entry["tv_after"] = _tv(_features(state, members, g.size))
+                if fused is not None:
+                    apply_permutation(fused, g, perm)
+                    entry["tv_fused_after"] = _tv(_features(fused_state, fused_members, g.size))
             else:
                 entry["reason"] = "no order found with lower TV than the current one"
         entry["seconds"] = time.perf_counter() - t0
@@ -289,10 +329,29 @@ def smooth(
     permutable = [e for e, g in zip(entries, groups) if g.permutable]
     report = {
         "groups": entries,
+        "objective": objective,
         "tv_before": sum(e["tv_before"] for e in permutable),
         "tv_after": sum(e["tv_after"] for e in permutable),
+        "tv_fused_before": sum(e["tv_fused_before"] for e in permutable) if fused is not None else None,
+        "tv_fused_after": sum(e["tv_fused_after"] for e in permutable) if fused is not None else None,
         "seconds": time.perf_counter() - tic,
         "solver": solver,
         "seed": seed,
     }
     return model, report
+
+
+def fused_total_variation(model: nn.Module, groups: list[ChannelGroup]) -> float:
+    """Summed TV of ``model`` with BatchNorm folded: the TV of the tensors the INR generates."""
+    return total_variation(fuse_batchnorm(model), groups)
+
+
+def _fused_view(model: nn.Module, required: bool) -> nn.Module | None:
+    # The raw objective works on any traceable network, as before; only its fused-TV report
+    # needs torch.fx, so an untraceable model still permutes and reports None there.
+    try:
+        return fuse_batchnorm(model)
+    except RuntimeError:
+        if required:
+            raise
+        return None
