@@ -36,7 +36,8 @@ from neumeta_pipeline.neumeta.resume import content_hash  # noqa: E402
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 
 
-def run_once(task: str, seed: int, threads: int) -> dict:
+def run_once(task: str, seed: int, threads: int, params: str = "") -> dict:
+    """One full run in a throw-away project copy; ``params`` are extra ``--params`` overrides."""
     with tempfile.TemporaryDirectory() as folder:
         project = Path(folder)
         shutil.copy(ROOT / "pyproject.toml", project)
@@ -45,7 +46,7 @@ def run_once(task: str, seed: int, threads: int) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "KEDRO_DISABLE_TELEMETRY": "true"}
         start = time.perf_counter()
         done = subprocess.run(
-            [KEDRO, "run", f"--pipelines={task}", "--params", f"{task}.seed={seed}"],
+            [KEDRO, "run", f"--pipelines={task}", "--params", ",".join(filter(None, [f"{task}.seed={seed}", params]))],
             cwd=project, env=env, capture_output=True, text=True,
         )
         seconds = time.perf_counter() - start
@@ -55,6 +56,7 @@ def run_once(task: str, seed: int, threads: int) -> dict:
         (inr,) = project.glob(f"data/06_models/{task}/inr_checkpoint.pt/*/inr_checkpoint.pt")
         results = json.loads(metrics.read_text())["results"]
         return {
+            "params": params,
             "seed": seed,
             "threads": threads,
             "seconds": seconds,

@@ -33,6 +33,9 @@ def test_shipped_parameters_are_valid(task):
         (("baselines", "slimmable_compressions"), [0.25, 0.5], "at least as wide"),
         (("baselines", "pruning_importances"), ["l1", "snip"], "baselines.pruning_importances"),
         (("similarity",), None, "similarity"),
+        (("train_inr", "width_sampling"), "gaussian", "train_inr.width_sampling"),
+        (("train_inr", "widths_per_step"), 0, "train_inr.widths_per_step"),
+        (("train_inr", "validation_samples"), 0, "train_inr.validation_samples"),
         (("permute", "objective"), "bn_folded", "permute.objective"),
     ],
 )

@@ -17,6 +17,7 @@ from .errors import UserError
 from .models import MODELS
 from .neumeta.permute import OBJECTIVES
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
+from .neumeta.train import WIDTH_SAMPLING
 
 
 class ConfigError(UserError):
@@ -119,7 +120,15 @@ class TrainINRParams(FitParams):
     lambda_recon: float = Field(1.0, ge=0.0)
     lambda_reg: float = Field(1e-4, ge=0.0)
     tensor_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of generated tensors trained per step")
+    width_sampling: Literal[WIDTH_SAMPLING] = Field(  # type: ignore[valid-type]
+        "continuous", description="continuous: a uniform compression, rounded (the paper); uniform: each width configuration equally often"
+    )
+    widths_per_step: int = Field(1, ge=1, description="width configurations per step (the first the full width when > 1)")
+    lambda_kd: float = Field(0.0, ge=0.0, description="distillation from the full-width network's outputs at narrower widths")
+    kd_temperature: float = Field(1.0, gt=0.0)
     validation_compressions: list[float] = Field([0.0, 0.25, 0.5], min_length=1)
+    validation_samples: int = Field(1, ge=1, description="K for model selection (sample.samples to select as deployed)")
+    validation_noise: float = Field(0.0, ge=0.0, description="coordinate noise for model selection (sample.noise likewise)")
 
     @field_validator("validation_compressions")
     @classmethod

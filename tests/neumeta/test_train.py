@@ -135,3 +135,31 @@ def test_tensor_subset_trains_only_the_picked_tensors():
 def test_tensor_subset_also_limits_the_reconstruction_term():
     # compression >= 0.25: the reconstruction needs a second, full-width call
     assert _mlps_with_gradients(1, (0.25, 0.5), lambda_recon=1.0) == 2
+
+
+def _loss_fn(width: int, compression_range, **options) -> NeuMetaLoss:
+    generator = seed_everything(0)
+    target = build_model("lenet", width=width).eval()
+    spec = MorphSpec(target, torch.zeros(1, 1, 28, 28))
+    return NeuMetaLoss(NeuMetaINR(spec, 2, 4, 0), target, spec, compression_range, 1.0, 1.0, 1e-4, generator, **options)
+
+
+@pytest.mark.parametrize("sampling, expected", [("continuous", {4: 0.25, 5: 0.5, 6: 0.25}), ("uniform", {4: 1 / 3, 5: 1 / 3, 6: 1 / 3})])
+def test_width_sampling_frequencies(sampling, expected):
+    # LeNet-8 at compression 0.25-0.5: conv1 has 6, 5 or 4 channels. Rounding a uniform compression
+    # gives the edge widths half the weight of the middle one; uniform sampling gives each a third.
+    loss_fn = _loss_fn(8, (0.25, 0.5), width_sampling=sampling)
+    draws = [loss_fn.sample_widths()["conv1"] for _ in range(3000)]
+    for width, share in expected.items():
+        assert abs(draws.count(width) / len(draws) - share) < 0.03, (width, draws.count(width))
+
+
+def test_several_widths_per_step_start_at_full_width_and_distillation_adds_its_term(monkeypatch):
+    loss_fn = _loss_fn(4, (0.25, 0.5), widths_per_step=3, lambda_kd=0.5, kd_temperature=2.0)
+    seen, generate = [], loss_fn.inr.generate
+    monkeypatch.setattr(loss_fn.inr, "generate", lambda widths, **kw: seen.append(dict(widths)) or generate(widths, **kw))
+    x, y = next(DeviceData(_blobs(32), "train", "cpu").batches(32))
+    loss, logs = loss_fn(x, y)
+    assert len(seen) == 3 and seen[0] == loss_fn.full and all(w != loss_fn.full for w in seen[1:])  # recon reuses the full one
+    assert set(logs) == {"task", "recon", "reg", "kd"} and logs["kd"] > 0
+    assert torch.isclose(loss, logs["task"] + logs["recon"] + 1e-4 * logs["reg"] + 0.5 * logs["kd"])

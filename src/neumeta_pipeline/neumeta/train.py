@@ -233,9 +233,20 @@ def fit_reconstruction(
     return losses
 
 
+WIDTH_SAMPLING = ("continuous", "uniform")
+
+
 @dataclass
 class NeuMetaLoss:
-    """Task loss at a sampled width + lambda_recon * reconstruction at full width + lambda_reg * L2."""
+    """Task loss at sampled widths + lambda_recon * reconstruction at full width + lambda_reg * L2,
+    optionally + lambda_kd * distillation from the full-width network's outputs.
+
+    ``width_sampling``: ``continuous`` draws a compression uniformly from the range and rounds each
+    group's width (the two edge widths of the range come up half as often as the others);
+    ``uniform`` draws the narrowest group's width uniformly among its integer values in the range,
+    the other groups at the same compression, as the authors' code draws h for LeNet. ``widths_per_step`` > 1 averages the task loss over that many configurations per
+    step, the first always the full width (gradient accumulation over widths).
+    """
 
     inr: NeuMetaINR
     target: nn.Module  # the permuted, fused full-width network (frozen)
@@ -246,37 +257,68 @@ class NeuMetaLoss:
     lambda_reg: float
     generator: torch.Generator
     tensor_fraction: float = 1.0  # share of generated tensors that get gradients each step
+    width_sampling: str = "continuous"
+    widths_per_step: int = 1
+    lambda_kd: float = 0.0
+    kd_temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.width_sampling not in WIDTH_SAMPLING:
+            raise ValueError(f"unknown width_sampling {self.width_sampling!r}; use one of {WIDTH_SAMPLING}")
         self.full = self.spec.widths(0.0)
         state = self.target.state_dict()
         self.reference = {t.name: state[t.name].detach() for t in self.spec.tensors}
+        low, high = self.compression_range
+        # Uniform sampling: every integer width of the narrowest morphable group in the range,
+        # the other groups at the same compression (LeNet: h, 2h, 4h for each integer h).
+        smallest = min(self.spec.full_widths.values(), default=1)
+        low_w, high_w = max(1, round((1.0 - high) * smallest)), round((1.0 - low) * smallest)
+        self.configurations = [self.spec.widths(1.0 - w / smallest) for w in range(low_w, high_w + 1)]
 
     def sample_widths(self) -> dict[str, int]:
+        if self.width_sampling == "uniform":
+            return self.configurations[int(torch.randint(len(self.configurations), (), generator=self.generator))]
         low, high = self.compression_range
         gamma = low + (high - low) * float(torch.rand((), generator=self.generator))
         return self.spec.widths(gamma)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        widths = self.sample_widths()
+        configurations = [self.full] * (self.widths_per_step > 1)
+        configurations += [self.sample_widths() for _ in range(self.widths_per_step - len(configurations))]
         trained = None
         if self.tensor_fraction < 1.0:
             # The paper's speed-up: only a random subset of tensors is back-propagated per step.
             count = max(1, round(self.tensor_fraction * len(self.spec.tensors)))
             pick = torch.randperm(len(self.spec.tensors), generator=self.generator)[:count]
             trained = {self.spec.tensors[i].name for i in pick.tolist()}
-        weights = self.inr.generate(widths, noise=self.coord_noise, generator=self.generator, trained=trained)
-        task = F.cross_entropy(self.spec.run(self.target, widths, weights, x), y)
+        teacher = None
+        if self.lambda_kd > 0:
+            with torch.no_grad():
+                teacher = F.log_softmax(self.target(x) / self.kd_temperature, dim=-1)
+        task = kd = reg = 0.0
+        full = None
+        for widths in configurations:
+            weights = self.inr.generate(widths, noise=self.coord_noise, generator=self.generator, trained=trained)
+            logits = self.spec.run(self.target, widths, weights, x)
+            task = task + F.cross_entropy(logits, y) / len(configurations)
+            if teacher is not None and widths != self.full:
+                student = F.log_softmax(logits / self.kd_temperature, dim=-1)
+                kd = kd + self.kd_temperature**2 * F.kl_div(student, teacher, log_target=True, reduction="batchmean") / len(configurations)
+            if self.lambda_reg > 0:
+                reg = reg + torch.stack([w.norm() for w in weights.values()]).sum() / len(configurations)
+            if widths == self.full and full is None:
+                full = weights
         loss, logs = task, {"task": task.detach()}
         if self.lambda_recon > 0:
-            full = weights if widths == self.full else self.inr.generate(
-                self.full, noise=self.coord_noise, generator=self.generator, trained=trained
-            )
+            if full is None:
+                full = self.inr.generate(self.full, noise=self.coord_noise, generator=self.generator, trained=trained)
             recon = self.inr.standardised_error(full, self.reference)
             loss = loss + self.lambda_recon * recon
             logs["recon"] = recon.detach()
         if self.lambda_reg > 0:
-            reg = torch.stack([w.norm() for w in weights.values()]).sum()
             loss = loss + self.lambda_reg * reg
             logs["reg"] = reg.detach()
+        if self.lambda_kd > 0 and torch.is_tensor(kd):
+            loss = loss + self.lambda_kd * kd
+            logs["kd"] = kd.detach()
         return loss, logs

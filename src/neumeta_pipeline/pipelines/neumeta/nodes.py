@@ -135,15 +135,18 @@ def train_inr(
     loss = NeuMetaLoss(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
         train_p.lambda_recon, train_p.lambda_reg, generator, train_p.tensor_fraction,
+        train_p.width_sampling, train_p.widths_per_step, train_p.lambda_kd, train_p.kd_temperature,
     )
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
     val_widths = [spec.widths(g) for g in train_p.validation_compressions]
 
     def validate(module: NeuMetaINR) -> float:
-        # Mean validation accuracy over a few seen widths, without noise (fast, deterministic).
-        scores = []
+        # Mean validation accuracy over a few seen widths. K = 1 without noise is fast; the
+        # deployed K and noise select the epoch whose sampled networks are best. The noise has
+        # its own fixed stream, so validating never shifts the training's random draws.
+        scores, noise = [], torch.Generator().manual_seed(seed)
         for widths in val_widths:
-            weights = module.generate(widths)
+            weights = module.generate(widths, train_p.validation_noise, train_p.validation_samples, noise)
             scores.append(accuracy(lambda x: spec.run(target, widths, weights, x), val))
         return sum(scores) / len(scores)
 
