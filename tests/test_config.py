@@ -37,6 +37,8 @@ def test_shipped_parameters_are_valid(task):
         (("train_inr", "widths_per_step"), 0, "train_inr.widths_per_step"),
         (("train_inr", "validation_samples"), 0, "train_inr.validation_samples"),
         (("permute", "objective"), "bn_folded", "permute.objective"),
+        (("inr", "layout"), "per_layer", "inr.layout"),
+        (("inr", "layuot"), "per_kind", "inr.layuot"),  # a typo of the new key is an error too
     ],
 )
 def test_invalid_parameters_are_rejected_with_the_key(path, value, message):

@@ -15,6 +15,7 @@ from .baselines.pruning import IMPORTANCES
 from .data import SOURCES
 from .errors import UserError
 from .models import MODELS
+from .neumeta.inr import LAYOUTS
 from .neumeta.permute import OBJECTIVES
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
 from .neumeta.train import WIDTH_SAMPLING
@@ -111,6 +112,9 @@ class INRParams(_Section):
     num_frequencies: int = Field(12, ge=1, le=24)
     hidden: int = Field(256, ge=1)
     depth: int = Field(5, ge=0)
+    layout: Literal[LAYOUTS] = Field(  # type: ignore[valid-type]
+        "per_tensor", description="one MLP per generated tensor, or per_kind: one per (weight kernel size | bias)"
+    )
 
 
 class TrainINRParams(FitParams):

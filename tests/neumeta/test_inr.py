@@ -1,8 +1,12 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from neumeta_pipeline.models import build_model
-from neumeta_pipeline.neumeta.inr import FourierFeatures, NeuMetaINR
+from neumeta_pipeline.neumeta.coords import add_noise, normalise, raw_coordinates
+from neumeta_pipeline.neumeta import inr as inr_module
+from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
+from neumeta_pipeline.neumeta.inr import LAYOUTS, FourierFeatures, NeuMetaINR, inr_parameter_count
 from neumeta_pipeline.neumeta.morph import MorphSpec
 
 X = torch.randn(16, 1, 28, 28)
@@ -48,3 +52,123 @@ def test_a_tiny_inr_learns_to_reproduce_a_tiny_network():
         assert max(errors.values()) < 1e-2, errors
         expected, got = model(X), spec.run(model, full, weights, X)
     assert (expected.argmax(1) == got.argmax(1)).float().mean() >= 0.9
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts
+
+
+def _old_generate(inr: NeuMetaINR, widths, noise=0.0, samples=1, generator=None):
+    """The per_tensor ``generate`` as it was before layouts: one MLP call per tensor and sample."""
+    weights = {}
+    for i, (tensor, mlp) in enumerate(zip(inr.spec.tensors, inr.mlps)):
+        raw = raw_coordinates(inr.spec, tensor, widths)
+        n = len(raw)
+        noisy = add_noise(raw.repeat(samples, 1) if samples > 1 else raw, noise, generator)
+        values = sum(mlp(inr.features(normalise(noisy[k * n : (k + 1) * n], inr.spec.norm))) for k in range(samples))
+        values = (values / samples) * inr.out_scale[i] + inr.out_shift[i]
+        weights[tensor.name] = inr._to_layout(tensor, widths, values)
+    return weights
+
+
+def _lenet_spec(width: int = 6) -> tuple[torch.nn.Module, MorphSpec]:
+    model = build_model("lenet", width=width).eval()
+    return model, MorphSpec(model, X[:1])
+
+
+def test_per_tensor_generate_is_unchanged():
+    torch.manual_seed(0)
+    model, spec = _lenet_spec()
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=8, depth=1, reference=model.state_dict())
+    widths = {"conv1": 5, "conv2": 7, "fc1": 9}
+    new = inr.generate(widths, noise=1.0, samples=3, generator=torch.Generator().manual_seed(0))
+    old = _old_generate(inr, widths, noise=1.0, samples=3, generator=torch.Generator().manual_seed(0))
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
+
+
+def test_per_kind_routes_tensors_by_kind_and_kernel_from_the_spec():
+    _, spec = _lenet_spec()
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=8, depth=1, layout="per_kind")
+    # conv1.w conv1.b conv2.w conv2.b fc1.w fc1.b fc2.w fc2.b: 5x5 kernels, biases, fc1 (16 columns
+    # per conv2 channel), fc2 (one value).
+    assert inr.route == [0, 1, 0, 1, 2, 1, 3, 1]
+    assert [m.out.out_features for m in inr.mlps] == [25, 1, 16, 1]
+    assert inr.config["layout"] == "per_kind" and len(inr.out_scale) == len(spec.tensors)
+    with pytest.raises(ValueError, match="unknown INR layout"):
+        NeuMetaINR(spec, num_frequencies=4, hidden=8, depth=1, layout="per_layer")
+
+
+@pytest.mark.parametrize("call_rows", [1, 80, 4096])
+def test_per_kind_batched_generate_equals_one_call_per_tensor(monkeypatch, call_rows):
+    # 1: every tensor alone; 80: chunks break between tensors; 4096: one call per kind.
+    monkeypatch.setattr(inr_module, "CALL_ROWS", call_rows)
+    torch.manual_seed(0)
+    model, spec = _lenet_spec()
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=8, depth=1, reference=model.state_dict(), layout="per_kind")
+    widths = {"conv1": 5, "conv2": 7, "fc1": 9}
+    batched = inr.generate(widths, noise=1.0, samples=3, generator=torch.Generator().manual_seed(1))
+    # The same computation tensor by tensor, each through the MLP its clean index routes it to.
+    generator = torch.Generator().manual_seed(1)
+    for i, tensor in enumerate(spec.tensors):
+        raw = raw_coordinates(spec, tensor, widths)
+        n = len(raw)
+        noisy = add_noise(raw.repeat(3, 1), 1.0, generator)
+        mlp = inr.mlps[inr.route[i]]
+        values = sum(mlp(inr.features(normalise(noisy[k * n : (k + 1) * n], spec.norm))) for k in range(3))
+        values = (values / 3) * inr.out_scale[i] + inr.out_shift[i]
+        torch.testing.assert_close(batched[tensor.name], inr._to_layout(tensor, widths, values), rtol=1e-5, atol=1e-6)
+    assert spec.run(model, widths, batched, X).shape == (16, 10)
+
+
+def test_per_kind_keeps_a_graph_only_for_trained_tensors():
+    _, spec = _lenet_spec()
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=8, depth=1, layout="per_kind")
+    weights = inr.generate(spec.widths(0.25), trained={"conv2.weight", "fc2.bias"})
+    assert {k for k, v in weights.items() if v.requires_grad} == {"conv2.weight", "fc2.bias"}
+    with torch.no_grad():
+        assert not any(v.requires_grad for v in inr.generate(spec.widths(0.0)).values())
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", ["lenet", "resnet20"])
+def test_parameter_count_formula_matches_the_module(layout, name):
+    if name == "lenet":
+        model, spec = _lenet_spec(width=8)
+    else:
+        model = fuse_batchnorm(build_model("resnet20")).eval()
+        spec = MorphSpec(model, torch.zeros(1, 3, 32, 32))
+    for hidden, depth, freqs in ((16, 0, 3), (32, 2, 5)):
+        config = {"num_frequencies": freqs, "hidden": hidden, "depth": depth, "layout": layout}
+        inr = NeuMetaINR(spec, **config)
+        assert inr_parameter_count(config, spec) == sum(p.numel() for p in inr.parameters())
+        assert inr_parameter_count(inr.config, spec) == sum(p.numel() for p in inr.parameters())
+
+
+def test_per_kind_does_not_grow_with_depth():
+    counts = {}
+    for depth in (20, 56):
+        model = fuse_batchnorm(build_model(f"resnet{depth}")).eval()
+        spec = MorphSpec(model, torch.zeros(1, 3, 32, 32))
+        config = {"num_frequencies": 16, "hidden": 128, "depth": 3}
+        counts[depth] = {layout: inr_parameter_count({**config, "layout": layout}, spec) for layout in LAYOUTS}
+    assert counts[20]["per_kind"] == counts[56]["per_kind"]
+    assert counts[56]["per_tensor"] > 2 * counts[20]["per_tensor"]
+
+
+def test_a_tiny_per_kind_inr_learns_to_reproduce_a_tiny_network():
+    torch.manual_seed(0)
+    model = build_model("lenet", width=2).eval()
+    spec = MorphSpec(model, X[:1])
+    inr = NeuMetaINR(spec, num_frequencies=6, hidden=64, depth=2, reference=model.state_dict(), layout="per_kind")
+    full = spec.widths(0.0)
+    state = model.state_dict()
+    optimizer = torch.optim.Adam(inr.parameters(), lr=3e-3)
+    for _ in range(600):
+        loss = inr.standardised_error(inr.generate(full), state)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        weights = inr.generate(full)
+        errors = {n: float(((weights[n] - state[n]).pow(2).mean() / state[n].pow(2).mean())) for n in weights}
+        assert max(errors.values()) < 1e-2, errors

@@ -45,3 +45,21 @@ def test_inr_checkpoint_round_trip():
     again = load_inr(checkpoint)
     widths = inr.spec.widths(0.5)
     assert all(torch.equal(a, b) for a, b in zip(inr.generate(widths).values(), again.generate(widths).values()))
+
+
+def test_per_kind_checkpoint_round_trip_keeps_the_layout():
+    torch.manual_seed(0)
+    target = build_model("lenet", width=8).eval()
+    inr = NeuMetaINR(MorphSpec(target, X[:1]), num_frequencies=4, hidden=16, depth=1, layout="per_kind")
+    checkpoint = {"spec": inr.spec.to_dict(), "inr_config": inr.config, "state_dict": inr.state_dict()}
+    again = load_inr(checkpoint)
+    assert again.config["layout"] == "per_kind" and len(again.mlps) == len(inr.mlps) == 4
+    widths = inr.spec.widths(0.5)
+    assert all(torch.equal(a, b) for a, b in zip(inr.generate(widths).values(), again.generate(widths).values()))
+
+
+def test_checkpoints_without_a_layout_load_as_per_tensor():
+    inr, _ = _inr()
+    config = {k: v for k, v in inr.config.items() if k != "layout"}  # as train_inr wrote it before layouts
+    again = load_inr({"spec": inr.spec.to_dict(), "inr_config": config, "state_dict": inr.state_dict()})
+    assert again.config["layout"] == "per_tensor" and len(again.mlps) == len(inr.spec.tensors)

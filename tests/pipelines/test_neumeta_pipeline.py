@@ -13,7 +13,11 @@ from kedro.framework.startup import bootstrap_project
 
 from neumeta_pipeline.errors import UserError
 from neumeta_pipeline.models.checkpoint import load_model
+from neumeta_pipeline.neumeta.inr import inr_parameter_count
+from neumeta_pipeline.neumeta.morph import MorphSpec
+from neumeta_pipeline.neumeta.sample import load_inr
 from neumeta_pipeline.pipeline_registry import TASKS
+from tests.pipelines.conftest import make_project
 
 VERSIONED = [
     "05_model_input/{t}/data_split.pt", "06_models/{t}/pretrained_model.pt", "08_reporting/{t}/pretrain_history.json",
@@ -53,6 +57,8 @@ def test_task_runs_end_to_end_and_versions_every_artifact(project, task):
     neumeta = table[table.method == "neumeta"]
     assert neumeta.params.is_monotonic_decreasing and neumeta.params_reduction.iloc[0] == 0.0
     assert neumeta.params_reduction.iloc[-1] > 0 and neumeta.macs_reduction.iloc[-1] > 0
+    report = json.loads(versions(data / f"08_reporting/{task}/permutation_report.json")[0].read_text())
+    assert report["objective"] == "fused" and report["tv_fused_after"] <= report["tv_fused_before"]
     # A sampled model is a standalone network: it loads and runs without the INR.
     sampled = torch.load(versions(data / f"07_model_output/{task}/sampled_models.pt")[0], weights_only=True)
     net = load_model(sampled["0.75"])
@@ -87,6 +93,20 @@ def test_rerun_from_train_inr_uses_the_changed_parameters_and_refuses_a_stale_sp
     assert len(inrs) == 2 and len(versions(data / f"06_models/{task}/pretrained_model.pt")) == 1
     latest = torch.load(inrs[-1], weights_only=True)
     assert latest["inr_config"]["hidden"] == 24
+
+
+def test_mnist_offline_per_kind_layout_round_trips_through_the_checkpoint(tmp_path, monkeypatch):
+    task = "mnist_offline"
+    make_project(tmp_path, {task: {"inr": {"layout": "per_kind"}}})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    run(tmp_path, task, to_nodes=[f"{task}.sample_weights"])
+    checkpoint = torch.load(versions(tmp_path / f"data/06_models/{task}/inr_checkpoint.pt")[0], weights_only=True)
+    assert checkpoint["inr_config"]["layout"] == "per_kind"
+    spec = MorphSpec.from_dict(checkpoint["spec"])
+    assert checkpoint["inr_parameters"] == inr_parameter_count(checkpoint["inr_config"], spec)
+    assert len(load_inr(checkpoint).mlps) == 4  # LeNet: 5x5 kernels, fc1's blocks, fc2, biases
+    assert len(versions(tmp_path / f"data/07_model_output/{task}/sampled_models.pt")) == 1
 
 
 @pytest.mark.parametrize(

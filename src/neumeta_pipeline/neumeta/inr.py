@@ -1,4 +1,12 @@
-"""The hypernetwork: Fourier features of a coordinate, one residual MLP per generated tensor."""
+"""The hypernetwork: Fourier features of a coordinate, residual MLPs that map them to weight values.
+
+Two layouts say which tensors share an MLP. ``per_tensor`` (the paper's "block-based" INR): one MLP
+per generated tensor. ``per_kind``: one MLP for all weights with the same number of values per
+(out, in) coordinate (kernel elements times the input block) and one for all biases, so the layer
+coordinate is what tells tensors apart and the INR's size no longer grows with the network's depth.
+Either way a tensor is routed to its MLP by its clean index in the spec, never by a (noisy)
+coordinate.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,15 @@ import torch
 from torch import nn
 
 from .coords import add_noise, normalise, raw_coordinates
-from .morph import MorphSpec
+from .morph import MorphSpec, TensorSpec
+
+LAYOUTS = ("per_tensor", "per_kind")
+
+# Coordinates per MLP call when tensors share an MLP: small tensors (biases, the classifier, narrow
+# convs) are evaluated together, which cuts the number of calls (ResNet56 per_kind: 116 tensors,
+# about 27 calls), while a big tensor still goes alone. One call over every coordinate of a kind
+# was slower on a 2-core CPU (ResNet56, hidden 128: activations of ~50k rows leave the cache).
+CALL_ROWS = 4096
 
 
 class FourierFeatures(nn.Module):
@@ -43,8 +59,36 @@ class ResidualMLP(nn.Module):
         return self.out(torch.relu(h))
 
 
+def mlp_keys(spec: MorphSpec, layout: str) -> list[tuple]:
+    """One key per generated tensor, in spec order; tensors with equal keys share one MLP."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown INR layout {layout!r}; choose from {LAYOUTS}")
+    if layout == "per_tensor":
+        return [(t.name,) for t in spec.tensors]
+    # The output width is part of the key: an MLP has one output size.
+    return [(t.kind, t.kernel) for t in spec.tensors]
+
+
+def mlp_parameters(in_features: int, hidden: int, depth: int, out_features: int) -> int:
+    """Weights and biases of one ``ResidualMLP``."""
+    return (in_features + 1) * hidden + depth * (hidden + 1) * hidden + (hidden + 1) * out_features
+
+
+def inr_parameter_count(config: dict, spec: MorphSpec) -> int:
+    """Stored parameters of ``NeuMetaINR(spec, **config)`` by formula, without building it.
+
+    Buffers (Fourier frequencies, the per-tensor output shift and scale) are not parameters and
+    are not counted: F + 2 floats per generated tensor.
+    """
+    in_features = 2 * 6 * int(config["num_frequencies"])
+    hidden, depth = int(config["hidden"]), int(config["depth"])
+    keys = mlp_keys(spec, config.get("layout", "per_tensor"))
+    outputs = {key: t.kernel for key, t in zip(keys, spec.tensors)}
+    return sum(mlp_parameters(in_features, hidden, depth, out) for out in outputs.values())
+
+
 class NeuMetaINR(nn.Module):
-    """Maps the coordinates of every generated tensor to its values, one MLP per tensor."""
+    """Maps the coordinates of every generated tensor to its values, through the MLPs of ``layout``."""
 
     def __init__(
         self,
@@ -53,13 +97,21 @@ class NeuMetaINR(nn.Module):
         hidden: int = 256,
         depth: int = 5,
         reference: dict[str, torch.Tensor] | None = None,
+        layout: str = "per_tensor",
     ) -> None:
         super().__init__()
         self.spec = spec
-        self.config = {"num_frequencies": num_frequencies, "hidden": hidden, "depth": depth}
+        self.config = {"num_frequencies": num_frequencies, "hidden": hidden, "depth": depth, "layout": layout}
         self.features = FourierFeatures(num_frequencies)
+        keys = mlp_keys(spec, layout)
+        first = list(dict.fromkeys(keys))
+        # route[i]: the MLP of tensor i, from the spec alone (the clean tensor id).
+        self.route = [first.index(k) for k in keys]
+        self.members = [[i for i, r in enumerate(self.route) if r == m] for m in range(len(first))]
+        # For per_tensor, MLP i belongs to tensor i, so state-dict keys are those of older checkpoints.
         self.mlps = nn.ModuleList(
-            ResidualMLP(self.features.out_features, hidden, depth, t.kernel) for t in spec.tensors
+            ResidualMLP(self.features.out_features, hidden, depth, spec.tensors[tensors[0]].kernel)
+            for tensors in self.members
         )
         # Each MLP predicts a standardised value; a per-tensor shift and scale, taken from the
         # reference (pretrained) weights in the INR's output space, map it back. Without this, the
@@ -81,23 +133,59 @@ class NeuMetaINR(nn.Module):
         trained: set[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Weights of every generated tensor at ``widths``, averaged over ``samples`` noisy copies
-        of each coordinate. Each tensor is one batched MLP call over all its coordinates.
+        of each coordinate. Tensors that share an MLP go through it together, in calls of up to
+        ``CALL_ROWS`` coordinates per sample; a per_tensor INR makes one call per tensor, as before.
         With ``trained`` given, only those tensors keep an autograd graph."""
         device = self.features.freqs.device
-        weights = {}
-        for i, (tensor, mlp) in enumerate(zip(self.spec.tensors, self.mlps)):
+        grad = torch.is_grad_enabled()
+        # A call is keyed by its MLP and by whether it keeps a graph: tensors outside ``trained``
+        # are evaluated without one, in calls of their own.
+        keys = [(self.route[i], trained is None or t.name in trained) for i, t in enumerate(self.spec.tensors)]
+        left = {key: keys.count(key) for key in keys}
+        pending: dict[tuple[int, bool], list[int]] = {key: [] for key in left}
+        rows: dict[tuple[int, bool], int] = dict.fromkeys(left, 0)
+        inputs: dict[int, torch.Tensor] = {}
+        values: dict[int, torch.Tensor] = {}
+
+        def flush(key: tuple[int, bool]) -> None:
+            chunk = pending[key]
+            with torch.set_grad_enabled(grad and key[1]):
+                values.update(self._evaluate(self.mlps[key[0]], chunk, [inputs.pop(i) for i in chunk], samples))
+            pending[key], rows[key] = [], 0
+
+        # Tensors are visited in spec order, so the noise stream is the same for every layout, and a
+        # call is made as soon as its chunk is full or its MLP has no tensor left: coordinates wait
+        # in memory only briefly (a per_tensor INR evaluates each tensor right after its noise).
+        for i, tensor in enumerate(self.spec.tensors):
+            key = keys[i]
             raw = raw_coordinates(self.spec, tensor, widths, device=device)
-            n = len(raw)
+            if pending[key] and rows[key] + len(raw) > CALL_ROWS:
+                flush(key)
             # All K noisy copies are drawn at once (one seeded stream), but evaluated one copy at a
             # time: K copies in one call would hold K times the hidden activations in memory.
-            noisy = add_noise(raw.repeat(samples, 1) if samples > 1 else raw, noise, generator)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and (trained is None or tensor.name in trained)):
-                values = sum(mlp(self.features(normalise(noisy[k * n : (k + 1) * n], self.spec.norm))) for k in range(samples))
-                values = (values / samples) * self.out_scale[i] + self.out_shift[i]
-            weights[tensor.name] = self._to_layout(tensor, widths, values)
-        return weights
+            inputs[i] = add_noise(raw.repeat(samples, 1) if samples > 1 else raw, noise, generator)
+            pending[key].append(i)
+            rows[key] += len(raw)
+            left[key] -= 1
+            if rows[key] >= CALL_ROWS or left[key] == 0:
+                flush(key)
+        return {t.name: self._to_layout(t, widths, values[i]) for i, t in enumerate(self.spec.tensors)}
 
-    def _to_layout(self, tensor, widths, values: torch.Tensor) -> torch.Tensor:
+    def _evaluate(self, mlp: ResidualMLP, tensors: list[int], noisy: list[torch.Tensor], samples: int) -> dict[int, torch.Tensor]:
+        """Standardised-back values of ``tensors`` (spec indices), sample-averaged, one MLP call per sample."""
+        sizes = [len(x) // samples for x in noisy]
+        total = None
+        for k in range(samples):
+            batch = [x[k * n : (k + 1) * n] for x, n in zip(noisy, sizes)]
+            coords = batch[0] if len(batch) == 1 else torch.cat(batch)
+            out = mlp(self.features(normalise(coords, self.spec.norm)))
+            total = out if total is None else total + out
+        out = {}
+        for i, part in zip(tensors, (total,) if len(tensors) == 1 else total.split(sizes)):
+            out[i] = (part / samples) * self.out_scale[i] + self.out_shift[i]
+        return out
+
+    def _to_layout(self, tensor: TensorSpec, widths: dict[str, int], values: torch.Tensor) -> torch.Tensor:
         c_out, c_in = self.spec.channels(tensor, widths)
         if tensor.kind == "bias":
             return values.view(c_out)
