@@ -171,7 +171,9 @@ class NeuMetaINR(nn.Module):
                 flush(key)
         return {t.name: self._to_layout(t, widths, values[i]) for i, t in enumerate(self.spec.tensors)}
 
-    def _evaluate(self, mlp: ResidualMLP, tensors: list[int], noisy: list[torch.Tensor], samples: int) -> dict[int, torch.Tensor]:
+    def _evaluate(
+        self, mlp: ResidualMLP, tensors: list[int], noisy: list[torch.Tensor], samples: int
+    ) -> dict[int, torch.Tensor]:
         """Standardised-back values of ``tensors`` (spec indices), sample-averaged, one MLP call per sample."""
         sizes = [len(x) // samples for x in noisy]
         total = None

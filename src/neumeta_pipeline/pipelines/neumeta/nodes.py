@@ -108,7 +108,8 @@ def permute_weights(pretrained_model: dict, dependency_graph: dict, permute_para
     )
     log.info(
         "permutation (%s objective): total variation %.4g -> %.4g, of the fused tensors %s -> %s",
-        params.objective, report["tv_before"], report["tv_after"], _fmt(report["tv_fused_before"]), _fmt(report["tv_fused_after"]),
+        params.objective, report["tv_before"], report["tv_after"],
+        _fmt(report["tv_fused_before"]), _fmt(report["tv_fused_after"]),
     )
     return model_checkpoint(permuted, pretrained_model["arch"]), {"enabled": True, **report}
 
