@@ -15,7 +15,7 @@ from .baselines.pruning import IMPORTANCES
 from .data import SOURCES
 from .errors import UserError
 from .models import MODELS
-from .neumeta.inr import LAYOUTS
+from .neumeta.inr import LAYOUTS, NOISE_SCALINGS
 from .neumeta.permute import OBJECTIVES
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
 from .neumeta.train import WIDTH_SAMPLING
@@ -114,6 +114,10 @@ class INRParams(_Section):
     depth: int = Field(5, ge=0)
     layout: Literal[LAYOUTS] = Field(  # type: ignore[valid-type]
         "per_tensor", description="one MLP per generated tensor, or per_kind: one per (weight kernel size | bias)"
+    )
+    centred: bool = Field(False, description="channel coordinates at cell centres, (c + 0.5) / C, instead of c / C")
+    noise_scaling: Literal[NOISE_SCALINGS] = Field(  # type: ignore[valid-type]
+        "width", description="coordinate noise of one channel cell of the current width, or fixed: of the full width"
     )
 
 

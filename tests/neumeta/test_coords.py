@@ -33,3 +33,21 @@ def test_noise_is_uniform_within_the_given_width_and_seeded():
     b = add_noise(raw, 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.min() >= -0.5 and a.max() <= 0.5 and a.std() > 0.25
     assert add_noise(raw, 0.0, None) is raw
+
+
+def test_centred_coordinates_sample_the_same_interval_at_every_width():
+    model = build_model("lenet", width=8)
+    spec = MorphSpec(model, torch.zeros(1, 1, 28, 28))
+    conv1 = next(t for t in spec.tensors if t.name == "conv1.weight")
+    for width in (2, 4, 8):
+        out = normalise(raw_coordinates(spec, conv1, {"conv1": width}), spec.norm, centred=True)[:, 2]
+        assert torch.allclose(out, (torch.arange(width) + 0.5) / width)
+        assert torch.isclose(out.min() + out.max(), torch.tensor(1.0))  # symmetric about the middle
+
+
+def test_channel_noise_factors_scale_only_the_channel_columns():
+    raw = torch.zeros(5000, 6)
+    noisy = add_noise(raw, 1.0, torch.Generator().manual_seed(0), channel_scale=(0.25, 0.5))
+    spans = noisy.abs().amax(dim=0)
+    assert torch.all(spans[[0, 3, 4, 5]] > 0.49) and spans[1] <= 0.125 and 0.12 < spans[1]
+    assert spans[2] <= 0.25 and 0.24 < spans[2]

@@ -17,6 +17,7 @@ from .coords import add_noise, normalise, raw_coordinates
 from .morph import MorphSpec, TensorSpec
 
 LAYOUTS = ("per_tensor", "per_kind")
+NOISE_SCALINGS = ("width", "fixed")
 
 # Coordinates per MLP call when tensors share an MLP: small tensors (biases, the classifier, narrow
 # convs) are evaluated together, which cuts the number of calls (ResNet56 per_kind: 116 tensors,
@@ -98,10 +99,17 @@ class NeuMetaINR(nn.Module):
         depth: int = 5,
         reference: dict[str, torch.Tensor] | None = None,
         layout: str = "per_tensor",
+        centred: bool = False,
+        noise_scaling: str = "width",
     ) -> None:
         super().__init__()
         self.spec = spec
-        self.config = {"num_frequencies": num_frequencies, "hidden": hidden, "depth": depth, "layout": layout}
+        if noise_scaling not in NOISE_SCALINGS:
+            raise ValueError(f"unknown noise_scaling {noise_scaling!r}; choose from {NOISE_SCALINGS}")
+        self.config = {
+            "num_frequencies": num_frequencies, "hidden": hidden, "depth": depth, "layout": layout,
+            "centred": centred, "noise_scaling": noise_scaling,
+        }
         self.features = FourierFeatures(num_frequencies)
         keys = mlp_keys(spec, layout)
         first = list(dict.fromkeys(keys))
@@ -163,7 +171,7 @@ class NeuMetaINR(nn.Module):
                 flush(key)
             # All K noisy copies are drawn at once (one seeded stream), but evaluated one copy at a
             # time: K copies in one call would hold K times the hidden activations in memory.
-            inputs[i] = add_noise(raw.repeat(samples, 1) if samples > 1 else raw, noise, generator)
+            inputs[i] = add_noise(raw.repeat(samples, 1) if samples > 1 else raw, noise, generator, self._channel_noise(tensor, widths))
             pending[key].append(i)
             rows[key] += len(raw)
             left[key] -= 1
@@ -180,12 +188,20 @@ class NeuMetaINR(nn.Module):
         for k in range(samples):
             batch = [x[k * n : (k + 1) * n] for x, n in zip(noisy, sizes)]
             coords = batch[0] if len(batch) == 1 else torch.cat(batch)
-            out = mlp(self.features(normalise(coords, self.spec.norm)))
+            out = mlp(self.features(normalise(coords, self.spec.norm, self.config["centred"])))
             total = out if total is None else total + out
         out = {}
         for i, part in zip(tensors, (total,) if len(tensors) == 1 else total.split(sizes)):
             out[i] = (part / samples) * self.out_scale[i] + self.out_shift[i]
         return out
+
+    def _channel_noise(self, tensor: TensorSpec, widths: dict[str, int]) -> tuple[float, float]:
+        """Factors on the (c_in, c_out) noise: 1 keeps it one cell of the current width; ``fixed``
+        shrinks it to one cell of the full width, so narrow layers are not blurred more."""
+        if self.config["noise_scaling"] == "width":
+            return (1.0, 1.0)
+        c_out, c_in = self.spec.channels(tensor, widths)
+        return (c_in / tensor.full_in, c_out / tensor.full_out)
 
     def _to_layout(self, tensor: TensorSpec, widths: dict[str, int], values: torch.Tensor) -> torch.Tensor:
         c_out, c_in = self.spec.channels(tensor, widths)

@@ -36,9 +36,10 @@ def sample_model(
 
 def load_inr(checkpoint: dict) -> NeuMetaINR:
     """Rebuild a trained INR from the checkpoint ``train_inr`` writes."""
-    # Checkpoints written before layouts existed have one MLP per tensor; say so here rather than
-    # lean on the constructor's default, which may change.
-    config = {"layout": "per_tensor", **checkpoint["inr_config"]}
+    # Checkpoints written before layouts and coordinate options existed have one MLP per tensor and
+    # corner coordinates with width-scaled noise; say so here rather than lean on the constructor's
+    # defaults, which may change.
+    config = {"layout": "per_tensor", "centred": False, "noise_scaling": "width", **checkpoint["inr_config"]}
     inr = NeuMetaINR(MorphSpec.from_dict(checkpoint["spec"]), **config)
     inr.load_state_dict(checkpoint["state_dict"])
     return inr.eval()
