@@ -54,15 +54,19 @@ def run_once(task: str, seed: int, threads: int, params: str = "") -> dict:
             raise SystemExit(f"seed {seed}, {threads} threads failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         (metrics,) = project.glob(f"data/08_reporting/{task}/metrics.json/*/metrics.json")
         (inr,) = project.glob(f"data/06_models/{task}/inr_checkpoint.pt/*/inr_checkpoint.pt")
-        results = json.loads(metrics.read_text())["results"]
+        report = json.loads(metrics.read_text())
+        results = report["results"]
         return {
             "params": params,
             "seed": seed,
             "threads": threads,
             "seconds": seconds,
+            "pretrained": report["pretrained_accuracy"],
             "accuracy": {f"{100 * r['compression']:g}%": r["accuracy"] for r in results},
             "seen": {f"{100 * r['compression']:g}%": r["seen_in_training"] for r in results},
             "inr_hash": content_hash(torch.load(inr, weights_only=True)["state_dict"]),
+            # What one run adds to disk: every version it wrote (the task's raw data excluded).
+            "written_bytes": sum(f.stat().st_size for f in (project / "data").rglob("*") if f.is_file() and "01_raw" not in f.parts),
         }
 
 

@@ -7,7 +7,6 @@ import logging
 import math
 import tempfile
 import time
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pandas as pd
@@ -154,8 +153,7 @@ def train_inr(
     settings = {"morph": morph_p.model_dump(), "inr": inr_p.model_dump()}
     inputs = {"fused_model": content_hash(fused_model), "splits": content_hash(splits)}
     with resume_file(train_p, task, "train_inr", seed, dev, settings, inputs) as resume:
-        saved = resume.load() if resume is not None else None
-        if saved is not None:
+        if resume is not None and resume.load() is not None:
             # The saved state already holds the warm-started INR; its record comes back with it.
             warm, warm_seconds = resume.extra["warm_start"], resume.extra["warm_seconds"]
         else:
@@ -272,7 +270,7 @@ def fit_config(params: FitParams) -> FitConfig:
 
 def resume_file(
     params: FitParams, task: str, stage: str, seed: int, device: torch.device, settings: dict, inputs: dict
-) -> AbstractContextManager[ResumeFile | None]:
+) -> contextlib.AbstractContextManager[ResumeFile | None]:
     """The stage's resume file when ``resume`` is on (else nothing), in
     ``data/06_models/<task>/resume/``, named by everything that determines the stage's result: the
     seed, the device, the loop's settings and ``settings`` (the other parameter sections the stage
