@@ -280,7 +280,8 @@ def check_against_model(task: str, params: TaskParams) -> None:
     try:
         MorphSpec(fuse_batchnorm(net), example_input(arch), params.morph.generated, params.morph.morphable)
     except ValueError as exc:  # the library's message starts with the key: "generated: ..." or "morphable: ..."
-        raise ConfigError(f"invalid parameters for task {task!r} (conf/base/parameters_{task}.yml): {task}.morph.{exc}") from None
+        key, _, problem = str(exc).partition(": ")
+        raise fail(f"morph.{key}", problem) from None
     layers = [name for name, _ in net.named_modules() if name]
     if params.similarity.layer not in layers:
         raise fail("similarity.layer", f"{params.similarity.layer!r} is not a layer of {params.model.name}; layers: {', '.join(layers)}")
