@@ -50,3 +50,13 @@ def test_invalid_parameters_are_rejected_with_the_key(path, value, message):
     with pytest.raises(ValueError, match=message) as info:
         validate_task("mnist_offline", params)
     assert "parameters_mnist_offline.yml" in str(info.value)
+
+
+def test_copying_a_predecessor_block_needs_per_tensor_mlps():
+    params = _params("mnist_offline")
+    params["inr"]["layout"] = "per_kind"
+    params["train_inr"]["block_epochs"] = 2
+    with pytest.raises(ValueError, match="set train_inr.block_init: keep or inr.layout: per_tensor"):
+        validate_task("mnist_offline", params)
+    params["train_inr"]["block_init"] = "keep"
+    validate_task("mnist_offline", params)

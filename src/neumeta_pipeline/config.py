@@ -119,6 +119,13 @@ class INRParams(_Section):
     noise_scaling: Literal[NOISE_SCALINGS] = Field(  # type: ignore[valid-type]
         "width", description="coordinate noise of one channel cell of the current width, or fixed: of the full width"
     )
+    shared: str | list[str] = Field(
+        [], description="modules not generated whose parameters are trained directly, shared by every width ('all': every one)"
+    )
+    branch_scale: str | list[str] = Field(
+        [], description="generated modules whose output gets one learnable scale (the last conv of a residual branch: SkipInit)"
+    )
+    branch_scale_init: float = Field(1.0, description="1 keeps the pretrained function; 0 starts each branch switched off (SkipInit)")
 
 
 class TrainINRParams(FitParams):
@@ -137,6 +144,12 @@ class TrainINRParams(FitParams):
     validation_compressions: list[float] = Field([0.0, 0.25, 0.5], min_length=1)
     validation_samples: int = Field(1, ge=1, description="K for model selection (sample.samples to select as deployed)")
     validation_noise: float = Field(0.0, ge=0.0, description="coordinate noise for model selection (sample.noise likewise)")
+    block_epochs: int = Field(
+        0, ge=0, description="block-wise training: epochs per block added, input to output, before `epochs` on all (0: all at once)"
+    )
+    block_init: Literal["predecessor", "keep"] = Field(
+        "predecessor", description="a block's MLPs start as copies of the previous block's (per_tensor layout), or keep their own"
+    )
 
     @field_validator("validation_compressions")
     @classmethod
@@ -237,6 +250,15 @@ class TaskParams(_Section):
         return self
 
     @model_validator(mode="after")
+    def _block_init(self) -> TaskParams:
+        if self.train_inr.block_epochs > 0 and self.train_inr.block_init == "predecessor" and self.inr.layout != "per_tensor":
+            raise ValueError(
+                f"train_inr.block_init 'predecessor' copies per-tensor MLPs, but inr.layout is {self.inr.layout!r} "
+                f"(its MLPs are shared between blocks already): set train_inr.block_init: keep or inr.layout: per_tensor"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _device(self) -> TaskParams:
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
@@ -262,7 +284,7 @@ def check_against_model(task: str, params: TaskParams) -> None:
     from .models import build_model
     from .models.checkpoint import example_input
     from .neumeta.fuse import fuse_batchnorm
-    from .neumeta.morph import MorphSpec
+    from .neumeta.morph import MorphSpec, generated_modules, shared_parameters
 
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(f"invalid parameters for task {task!r} (conf/base/parameters_{task}.yml): {task}.{key}: {problem}")
@@ -277,11 +299,18 @@ def check_against_model(task: str, params: TaskParams) -> None:
             net(example_input(arch))
     except Exception as exc:  # a shape mismatch surfaces as whatever the first layer raises
         raise fail("model.input_shape", f"{arch['input_shape']} does not fit {params.model.name}: {exc}") from None
+    fused = fuse_batchnorm(net)
     try:
-        MorphSpec(fuse_batchnorm(net), example_input(arch), params.morph.generated, params.morph.morphable)
+        spec = MorphSpec(fused, example_input(arch), params.morph.generated, params.morph.morphable)
     except ValueError as exc:  # the library's message starts with the key: "generated: ..." or "morphable: ..."
         key, _, problem = str(exc).partition(": ")
         raise fail(f"morph.{key}", problem) from None
+    try:
+        shared_parameters(fused, spec, params.inr.shared)
+        generated_modules(spec, params.inr.branch_scale, "branch_scale")
+    except ValueError as exc:  # "shared: ..." or "branch_scale: ..."
+        key, _, problem = str(exc).partition(": ")
+        raise fail(f"inr.{key}", problem) from None
     layers = [name for name, _ in net.named_modules() if name]
     if params.similarity.layer not in layers:
         raise fail("similarity.layer", f"{params.similarity.layer!r} is not a layer of {params.model.name}; layers: {', '.join(layers)}")

@@ -6,7 +6,7 @@ from neumeta_pipeline.neumeta.coords import add_noise, normalise, raw_coordinate
 from neumeta_pipeline.neumeta import inr as inr_module
 from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
 from neumeta_pipeline.neumeta.inr import LAYOUTS, FourierFeatures, NeuMetaINR, inr_parameter_count
-from neumeta_pipeline.neumeta.morph import MorphSpec
+from neumeta_pipeline.neumeta.morph import MorphSpec, blocks, generated_modules, shared_parameters
 
 X = torch.randn(16, 1, 28, 28)
 
@@ -119,6 +119,51 @@ def test_parameter_count_formula_matches_the_module(layout, name):
         inr = NeuMetaINR(spec, **config)
         assert inr_parameter_count(config, spec) == sum(p.numel() for p in inr.parameters())
         assert inr_parameter_count(inr.config, spec) == sum(p.numel() for p in inr.parameters())
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_shared_tensors_and_branch_scales_are_counted_sliced_and_scaled(layout):
+    model = fuse_batchnorm(build_model("resnet20")).eval()
+    spec = MorphSpec(model, torch.zeros(1, 3, 32, 32), ["layer3.*.conv1", "layer3.*.conv2"], ["layer3.*.conv1"])
+    shared = shared_parameters(model, spec, ["fc", "conv1"])
+    assert shared == {"conv1.weight": [16, 3, 3, 3], "conv1.bias": [16], "fc.weight": [10, 64], "fc.bias": [10]}
+    scaled = generated_modules(spec, "layer3.*.conv2", "branch_scale")
+    config = {"num_frequencies": 3, "hidden": 8, "depth": 1, "layout": layout, "shared": shared, "branch_scale": scaled,
+              "branch_scale_init": 0.5}
+    inr = NeuMetaINR(spec, **config, reference=model.state_dict())
+    assert inr_parameter_count(config, spec) == sum(p.numel() for p in inr.parameters())
+    assert inr_parameter_count(config, spec) == inr_parameter_count({**config, "shared": {}, "branch_scale": []}, spec) + (432 + 16) + (640 + 10) + 3
+    widths = spec.widths(0.5)
+    raw, weights = inr.generate(widths, raw=True), inr.generate(widths)
+    assert set(weights) == set(raw) | set(shared)
+    torch.testing.assert_close(weights["layer3.1.conv2.bias"], 0.5 * raw["layer3.1.conv2.bias"])
+    torch.testing.assert_close(weights["layer3.1.conv1.weight"], raw["layer3.1.conv1.weight"])
+    torch.testing.assert_close(weights["fc.weight"], model.fc.weight)  # starts from the reference network
+    assert spec.run(model, widths, weights, torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="shared: 'layer3.0.conv1' matches none"):
+        shared_parameters(model, spec, ["layer3.0.conv1"])  # generated, so it cannot be shared
+
+
+def test_copy_block_copies_mlps_within_a_stage_only():
+    model = fuse_batchnorm(build_model("resnet20")).eval()
+    spec = MorphSpec(model, torch.zeros(1, 3, 32, 32), ["layer1.*", "layer2.0.*"], ["layer1.*.conv1", "layer2.0.conv1"])
+    assert blocks(spec)[:2] == [["layer1.0.conv1", "layer1.0.conv2"], ["layer1.1.conv1", "layer1.1.conv2"]]
+    torch.manual_seed(0)
+    inr = NeuMetaINR(spec, num_frequencies=3, hidden=8, depth=1)
+    index = {t.name: i for i, t in enumerate(spec.tensors)}
+
+    def mlp(name):
+        return inr.mlps[inr.route[index[name]]].state_dict()
+
+    copied = inr.copy_block(["layer1.0.conv1", "layer1.0.conv2"], ["layer1.1.conv1", "layer1.1.conv2"])
+    assert copied == ["layer1.1.conv1.weight", "layer1.1.conv1.bias", "layer1.1.conv2.weight", "layer1.1.conv2.bias"]
+    for name in copied:
+        source = name.replace("layer1.1", "layer1.0")
+        assert all(torch.equal(a, b) for a, b in zip(mlp(name).values(), mlp(source).values()))
+    # layer2.0 halves the resolution and doubles the channels: nothing has the predecessor's shape
+    assert inr.copy_block(["layer1.2.conv1", "layer1.2.conv2"], ["layer2.0.conv1", "layer2.0.conv2"]) == []
+    with pytest.raises(ValueError, match="per_tensor"):
+        NeuMetaINR(spec, num_frequencies=3, hidden=8, depth=1, layout="per_kind").copy_block(["layer1.0.conv1"], ["layer1.1.conv1"])
 
 
 def test_per_kind_does_not_grow_with_depth():

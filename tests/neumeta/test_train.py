@@ -163,3 +163,17 @@ def test_several_widths_per_step_start_at_full_width_and_distillation_adds_its_t
     assert len(seen) == 3 and seen[0] == loss_fn.full and all(w != loss_fn.full for w in seen[1:])  # recon reuses the full one
     assert set(logs) == {"task", "recon", "reg", "kd"} and logs["kd"] > 0
     assert torch.isclose(loss, logs["task"] + logs["recon"] + 1e-4 * logs["reg"] + 0.5 * logs["kd"])
+
+
+def test_active_tensors_alone_are_generated_trained_and_narrowed():
+    loss_fn = _loss_fn(4, (0.5, 0.5), active={"conv1.weight", "conv1.bias"})
+    # Only conv1's output group morphs; the groups of the blocks not yet trained keep full width.
+    assert loss_fn.sample_widths() == {**loss_fn.full, "conv1": 2}
+    raw, weights = loss_fn.weights(loss_fn.inr, loss_fn.sample_widths(), noise=0.0)
+    assert set(raw) == {"conv1.weight", "conv1.bias"} and set(weights) == {t.name for t in loss_fn.spec.tensors}
+    torch.testing.assert_close(weights["conv2.weight"], loss_fn.reference["conv2.weight"][:, :2])  # sliced reference
+    x, y = next(DeviceData(_blobs(32), "train", "cpu").batches(32))
+    loss, _ = loss_fn(x, y)
+    loss.backward()
+    inr = loss_fn.inr
+    assert [mlp.out.weight.grad is not None for mlp in inr.mlps] == [t.name.startswith("conv1.") for t in inr.spec.tensors]

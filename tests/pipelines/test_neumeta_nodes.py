@@ -124,6 +124,44 @@ def test_an_unreadable_resume_file_stops_the_stage_with_the_command_that_removes
         train(inputs)
 
 
+# -- block-wise training ---------------------------------------------------------------
+
+LENET_BLOCKS = ["conv1", "conv2", "fc1", "fc2"]  # top-level modules: each one a block
+
+
+def _tensors(modules):
+    return frozenset(f"{m}.{kind}" for m in modules for kind in ("weight", "bias"))
+
+
+def test_block_wise_training_adds_the_blocks_from_input_to_output(inputs, workdir, monkeypatch):
+    active, call = [], NeuMetaLoss.__call__
+
+    def recording(self, x, y):
+        active.append(None if self.active is None else frozenset(self.active))
+        return call(self, x, y)
+
+    monkeypatch.setattr(NeuMetaLoss, "__call__", recording)
+    checkpoint, history = train(inputs, block_epochs=1, epochs=1, block_init="keep")
+    # Four steps per epoch; stage k trains the first k blocks, the last stage all of them.
+    expected = [_tensors(LENET_BLOCKS[:k]) for k in (1, 2, 3)] + [None]
+    assert active == [stage for stage in expected for _ in range(4)]
+    assert [s["blocks"] for s in history["stages"]] == [[[m] for m in LENET_BLOCKS[:k]] for k in (1, 2, 3, 4)]
+    assert [e["stage"] for e in history["epochs"]] == [1, 2, 3, 4]
+    assert not list(workdir.glob("train_inr-*"))  # every stage's resume file is gone at the end
+
+
+def test_an_interrupted_block_wise_run_replays_its_finished_stages_and_equals_an_uninterrupted_one(inputs, workdir, monkeypatch):
+    blockwise = {"block_epochs": 1, "epochs": 1, "block_init": "keep"}
+    straight, straight_history = train(inputs, **blockwise)
+    with pytest.raises(Interrupted):
+        train(inputs, interrupt_at=10, monkeypatch=monkeypatch, **blockwise)  # second step of stage 3
+    assert len(list(workdir.glob("train_inr-stage*of4-*.pt"))) == 2  # stages 1 and 2 finished, kept
+    resumed, history = train(inputs, **blockwise)
+    assert same_weights(resumed, straight)
+    assert [s["resumed_from_epoch"] for s in history["stages"]] == [1, 1, 0, 0]
+    assert [e["train_loss"] for e in history["epochs"]] == [e["train_loss"] for e in straight_history["epochs"]]
+
+
 # -- permutation objectives ------------------------------------------------------------
 
 RESNET = {"name": "resnet20", "kwargs": {"num_classes": 10}, "input_shape": [3, 32, 32]}

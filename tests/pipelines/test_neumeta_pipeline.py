@@ -117,8 +117,10 @@ def test_mnist_offline_per_kind_layout_round_trips_through_the_checkpoint(tmp_pa
         ("morphable: all", "morphable: [layer9]", "morph.morphable: 'layer9' matches none of the channel groups"),
         ("device: auto", "device: cuda:99", "mnist_offline.device: device 'cuda:99' was requested but this machine has"),
         ("input_shape:\n    - 1", "input_shape:\n    - 3", "model.input_shape"),
+        ("shared: []", "shared: [fc9]", "inr.shared: 'fc9' matches none of the modules with parameters the INR does not generate"),
+        ("branch_scale: []", "branch_scale: [conv9]", "inr.branch_scale: 'conv9' matches none of the generated modules: conv1"),
     ],
-    ids=["range", "generated", "morphable", "device", "input_shape"],
+    ids=["range", "generated", "morphable", "device", "input_shape", "shared", "branch_scale"],
 )
 def test_invalid_parameters_stop_the_run_before_any_node_writes(project, old, new, message):
     task = "mnist_offline"

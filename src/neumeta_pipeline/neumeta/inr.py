@@ -10,11 +10,13 @@ coordinate.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .coords import add_noise, normalise, raw_coordinates
-from .morph import MorphSpec, TensorSpec
+from .morph import MorphSpec, TensorSpec, slice_channels
 
 LAYOUTS = ("per_tensor", "per_kind")
 NOISE_SCALINGS = ("width", "fixed")
@@ -85,7 +87,9 @@ def inr_parameter_count(config: dict, spec: MorphSpec) -> int:
     hidden, depth = int(config["hidden"]), int(config["depth"])
     keys = mlp_keys(spec, config.get("layout", "per_tensor"))
     outputs = {key: t.kernel for key, t in zip(keys, spec.tensors)}
-    return sum(mlp_parameters(in_features, hidden, depth, out) for out in outputs.values())
+    mlps = sum(mlp_parameters(in_features, hidden, depth, out) for out in outputs.values())
+    shared = sum(math.prod(shape) for shape in (config.get("shared") or {}).values())
+    return mlps + shared + len(config.get("branch_scale") or ())
 
 
 class NeuMetaINR(nn.Module):
@@ -101,14 +105,22 @@ class NeuMetaINR(nn.Module):
         layout: str = "per_tensor",
         centred: bool = False,
         noise_scaling: str = "width",
+        shared: dict[str, list[int]] | None = None,
+        branch_scale: list[str] | tuple[str, ...] = (),
+        branch_scale_init: float = 1.0,
     ) -> None:
         super().__init__()
         self.spec = spec
         if noise_scaling not in NOISE_SCALINGS:
             raise ValueError(f"unknown noise_scaling {noise_scaling!r}; choose from {NOISE_SCALINGS}")
+        shared = {name: [int(n) for n in shape] for name, shape in (shared or {}).items()}
+        unknown = sorted(set(branch_scale) - set(spec.generated_modules))
+        if unknown:
+            raise ValueError(f"branch_scale: {unknown} are not generated modules ({', '.join(spec.generated_modules)})")
         self.config = {
             "num_frequencies": num_frequencies, "hidden": hidden, "depth": depth, "layout": layout,
             "centred": centred, "noise_scaling": noise_scaling,
+            "shared": shared, "branch_scale": list(branch_scale), "branch_scale_init": branch_scale_init,
         }
         self.features = FourierFeatures(num_frequencies)
         keys = mlp_keys(spec, layout)
@@ -131,6 +143,20 @@ class NeuMetaINR(nn.Module):
                 shift[i], scale[i] = target.mean(), target.std().clamp_min(1e-8) if target.numel() > 1 else 1.0
         self.register_buffer("out_shift", shift)
         self.register_buffer("out_scale", scale)
+        # Tensors of the network trained directly, shared by every width (e.g. the classifier): a
+        # full-width copy, sliced like any frozen tensor. They start from the reference network.
+        self.shared_names = list(shared)
+        self.shared = nn.ParameterList(
+            nn.Parameter(reference[name].detach().float().cpu().clone() if reference is not None else torch.zeros(shape))
+            for name, shape in shared.items()
+        )
+        # One learnable scalar per listed module, multiplying its generated weight and bias: on the
+        # last layer of a residual branch it scales the branch (SkipInit), shared by every width.
+        self.branch_modules = list(branch_scale)
+        if self.branch_modules:
+            self.branch_scales = nn.Parameter(torch.full((len(self.branch_modules),), float(branch_scale_init)))
+        else:
+            self.register_parameter("branch_scales", None)
 
     def generate(
         self,
@@ -139,17 +165,23 @@ class NeuMetaINR(nn.Module):
         samples: int = 1,
         generator: torch.Generator | None = None,
         trained: set[str] | None = None,
+        only: set[str] | None = None,
+        raw: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Weights of every generated tensor at ``widths``, averaged over ``samples`` noisy copies
-        of each coordinate. Tensors that share an MLP go through it together, in calls of up to
-        ``CALL_ROWS`` coordinates per sample; a per_tensor INR makes one call per tensor, as before.
-        With ``trained`` given, only those tensors keep an autograd graph."""
+        of each coordinate, plus the directly trained shared tensors at ``widths``. Tensors that
+        share an MLP go through it together, in calls of up to ``CALL_ROWS`` coordinates per
+        sample; a per_tensor INR makes one call per tensor, as before. With ``trained`` given, only
+        those tensors keep an autograd graph; with ``only``, only those tensors are generated.
+        ``raw``: the MLPs' values alone (no branch scales, no shared tensors), as reconstruction
+        compares them with the reference weights."""
         device = self.features.freqs.device
         grad = torch.is_grad_enabled()
+        tensors = [(i, t) for i, t in enumerate(self.spec.tensors) if only is None or t.name in only]
         # A call is keyed by its MLP and by whether it keeps a graph: tensors outside ``trained``
         # are evaluated without one, in calls of their own.
-        keys = [(self.route[i], trained is None or t.name in trained) for i, t in enumerate(self.spec.tensors)]
-        left = {key: keys.count(key) for key in keys}
+        keys = {i: (self.route[i], trained is None or t.name in trained) for i, t in tensors}
+        left = {key: list(keys.values()).count(key) for key in keys.values()}
         pending: dict[tuple[int, bool], list[int]] = {key: [] for key in left}
         rows: dict[tuple[int, bool], int] = dict.fromkeys(left, 0)
         inputs: dict[int, torch.Tensor] = {}
@@ -164,20 +196,52 @@ class NeuMetaINR(nn.Module):
         # Tensors are visited in spec order, so the noise stream is the same for every layout, and a
         # call is made as soon as its chunk is full or its MLP has no tensor left: coordinates wait
         # in memory only briefly (a per_tensor INR evaluates each tensor right after its noise).
-        for i, tensor in enumerate(self.spec.tensors):
+        for i, tensor in tensors:
             key = keys[i]
-            raw = raw_coordinates(self.spec, tensor, widths, device=device)
-            if pending[key] and rows[key] + len(raw) > CALL_ROWS:
+            coords = raw_coordinates(self.spec, tensor, widths, device=device)
+            if pending[key] and rows[key] + len(coords) > CALL_ROWS:
                 flush(key)
             # All K noisy copies are drawn at once (one seeded stream), but evaluated one copy at a
             # time: K copies in one call would hold K times the hidden activations in memory.
-            inputs[i] = add_noise(raw.repeat(samples, 1) if samples > 1 else raw, noise, generator, self._channel_noise(tensor, widths))
+            inputs[i] = add_noise(coords.repeat(samples, 1) if samples > 1 else coords, noise, generator, self._channel_noise(tensor, widths))
             pending[key].append(i)
-            rows[key] += len(raw)
+            rows[key] += len(coords)
             left[key] -= 1
             if rows[key] >= CALL_ROWS or left[key] == 0:
                 flush(key)
-        return {t.name: self._to_layout(t, widths, values[i]) for i, t in enumerate(self.spec.tensors)}
+        weights = {t.name: self._to_layout(t, widths, values[i]) for i, t in tensors}
+        return weights if raw else self.complete(widths, weights)
+
+    def complete(self, widths: dict[str, int], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The MLPs' ``weights`` with the branch scales applied and the shared tensors added: every
+        tensor of the network at ``widths`` that differs from the reference network's (a new dict)."""
+        out = dict(weights)
+        for k, module in enumerate(self.branch_modules):
+            for kind in ("weight", "bias"):
+                name = f"{module}.{kind}"
+                if name in out:
+                    out[name] = out[name] * self.branch_scales[k]
+        if self.shared_names:
+            out.update(slice_channels(dict(zip(self.shared_names, self.shared)), self.spec.groups, widths))
+        return out
+
+    def copy_block(self, source: list[str], target: list[str]) -> list[str]:
+        """Start the MLPs of the ``target`` modules' tensors as copies of the ``source`` modules'
+        (the block before it), tensor by tensor in order, where kind and shape agree (not at a
+        stage boundary, where the channel counts change). Returns the tensors copied. Only for the
+        per_tensor layout: per_kind MLPs are already shared between blocks."""
+        if self.config["layout"] != "per_tensor":
+            raise ValueError("copy_block needs inr.layout per_tensor (per_kind MLPs are shared between blocks)")
+        def pick(modules: list[str]) -> list[int]:
+            return [i for i, t in enumerate(self.spec.tensors) if t.module in modules]
+
+        copied = []
+        for i, j in zip(pick(source), pick(target)):
+            a, b = self.spec.tensors[i], self.spec.tensors[j]
+            if (a.kind, a.full_shape, a.in_block) == (b.kind, b.full_shape, b.in_block):
+                self.mlps[self.route[j]].load_state_dict(self.mlps[self.route[i]].state_dict())
+                copied.append(b.name)
+        return copied
 
     def _evaluate(
         self, mlp: ResidualMLP, tensors: list[int], noisy: list[torch.Tensor], samples: int
@@ -224,6 +288,8 @@ class NeuMetaINR(nn.Module):
         output space, averaged over tensors: every tensor counts the same whatever its scale."""
         errors = []
         for i, t in enumerate(self.spec.tensors):
+            if t.name not in weights:  # a subset (block-wise training): the mean is over those given
+                continue
             diff = self.scaled_target(t.name, weights[t.name] - reference[t.name])
             errors.append((diff / self.out_scale[i]).pow(2).mean())
         return torch.stack(errors).mean()

@@ -168,6 +168,32 @@ class MorphSpec:
         return spec
 
 
+def shared_parameters(model: nn.Module, spec: MorphSpec, patterns: str | list[str]) -> dict[str, list[int]]:
+    """Shapes of the parameters of the modules matching ``patterns`` that the INR does not
+    generate (``"all"``: every such module), by state-dict name: the tensors trained directly and
+    shared by every width, such as the classifier."""
+    generated = set(spec.generated_modules)
+    modules = {name: m for name, m in model.named_modules() if name and name not in generated}
+    owners = [name for name, m in modules.items() if any(p is not None for p in m._parameters.values())]
+    chosen = _select(owners, patterns, "shared", "modules with parameters the INR does not generate") if patterns else []
+    return {f"{name}.{k}": list(p.shape) for name in chosen for k, p in modules[name]._parameters.items() if p is not None}
+
+
+def generated_modules(spec: MorphSpec, patterns: str | list[str], what: str) -> list[str]:
+    """The generated modules matching ``patterns`` (none for an empty list), in network order."""
+    return _select(spec.generated_modules, patterns, what, "generated modules") if patterns else []
+
+
+def blocks(spec: MorphSpec) -> list[list[str]]:
+    """The generated modules grouped into blocks from input to output: modules with the same parent
+    form one block (a residual block's convolutions); a module at the top level is a block alone."""
+    grouped: dict[str, list[str]] = {}
+    for name in spec.generated_modules:
+        parent = name.rpartition(".")[0]
+        grouped.setdefault(parent or name, []).append(name)
+    return list(grouped.values())
+
+
 def resize(model: nn.Module, groups: list[ChannelGroup], widths: dict[str, int]) -> nn.Module:
     """A standalone copy of ``model`` keeping the first ``widths[g]`` channels of each named group;
     module attributes (``out_channels``, ``in_features``, ...) follow the new shapes."""

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..data import DeviceData
 from ..errors import UserError
 from .inr import NeuMetaINR
-from .morph import MorphSpec
+from .morph import MorphSpec, slice_channels
 from .resume import ResumeFile
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,15 @@ def fit(
     generator: torch.Generator,
     desc: str = "train",
     resume: ResumeFile | None = None,
+    finish: bool = True,
 ) -> FitResult:
     """Train ``module``'s parameters on ``objective``; return the copy with the best validation score.
 
     ``validate`` gets the module to score (the EMA copy when EMA is on) and returns higher-is-better.
     With ``resume``, the state is saved after every epoch and a saved state of the same run
-    configuration is continued, giving the same result as an uninterrupted run.
+    configuration is continued, giving the same result as an uninterrupted run; the file is
+    removed at the end unless ``finish`` is false (a stage of a longer run: a completed state is
+    replayed without training).
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
@@ -191,7 +194,7 @@ def fit(
                 }
             )
     bar.close()
-    if resume is not None:
+    if resume is not None and finish:
         resume.finish()
     best = copy.deepcopy(scored)
     best.load_state_dict(best_state)
@@ -221,11 +224,11 @@ def fit_reconstruction(
     paper); starting from an INR that already reproduces the pretrained network lets a short run
     spend its steps on the narrower widths. Returns the loss every step.
     """
-    optimizer = torch.optim.Adam(inr.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(inr.mlps.parameters(), lr=lr)
     full = inr.spec.widths(0.0)
     losses = []
     for _ in range(steps):
-        loss = inr.standardised_error(inr.generate(full, noise=noise, generator=generator), reference)
+        loss = inr.standardised_error(inr.generate(full, noise=noise, generator=generator, raw=True), reference)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -246,6 +249,9 @@ class NeuMetaLoss:
     ``uniform`` draws the narrowest group's width uniformly among its integer values in the range,
     the other groups at the same compression, as the authors' code draws h for LeNet. ``widths_per_step`` > 1 averages the task loss over that many configurations per
     step, the first always the full width (gradient accumulation over widths).
+
+    ``active`` (block-wise training) limits the INR to a subset of the generated tensors: the
+    others keep the reference weights, and only the channel groups the active tensors touch morph.
     """
 
     inr: NeuMetaINR
@@ -261,6 +267,7 @@ class NeuMetaLoss:
     widths_per_step: int = 1
     lambda_kd: float = 0.0
     kd_temperature: float = 1.0
+    active: set[str] | None = None
 
     def __post_init__(self) -> None:
         if self.width_sampling not in WIDTH_SAMPLING:
@@ -277,10 +284,31 @@ class NeuMetaLoss:
 
     def sample_widths(self) -> dict[str, int]:
         if self.width_sampling == "uniform":
-            return self.configurations[int(torch.randint(len(self.configurations), (), generator=self.generator))]
+            return self.restrict(self.configurations[int(torch.randint(len(self.configurations), (), generator=self.generator))])
         low, high = self.compression_range
         gamma = low + (high - low) * float(torch.rand((), generator=self.generator))
-        return self.spec.widths(gamma)
+        return self.restrict(self.spec.widths(gamma))
+
+    def restrict(self, widths: dict[str, int]) -> dict[str, int]:
+        """``widths`` with the groups no active tensor touches at full width (all of them morph
+        when every tensor is active)."""
+        if self.active is None:
+            return widths
+        touched = {g for t in self.spec.tensors if t.name in self.active for g in (t.out_group, t.in_group)}
+        return {g: (w if g in touched else self.full[g]) for g, w in widths.items()}
+
+    def weights(
+        self, inr: NeuMetaINR, widths: dict[str, int], noise: float, samples: int = 1,
+        generator: torch.Generator | None = None, trained: set[str] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(the MLPs' values, every tensor the network at ``widths`` takes from ``inr``): the active
+        tensors generated, the inactive ones from the reference, sliced to ``widths``."""
+        raw = inr.generate(widths, noise=noise, samples=samples, generator=generator, trained=trained, only=self.active, raw=True)
+        weights = inr.complete(widths, raw)
+        if self.active is not None:
+            frozen = {name: ref for name, ref in self.reference.items() if name not in self.active}
+            weights.update(slice_channels(frozen, self.spec.groups, widths))
+        return raw, weights
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         configurations = [self.full] * (self.widths_per_step > 1)
@@ -298,20 +326,22 @@ class NeuMetaLoss:
         task = kd = reg = 0.0
         full = None
         for widths in configurations:
-            weights = self.inr.generate(widths, noise=self.coord_noise, generator=self.generator, trained=trained)
+            raw, weights = self.weights(self.inr, widths, self.coord_noise, generator=self.generator, trained=trained)
             logits = self.spec.run(self.target, widths, weights, x)
             task = task + F.cross_entropy(logits, y) / len(configurations)
             if teacher is not None and widths != self.full:
                 student = F.log_softmax(logits / self.kd_temperature, dim=-1)
                 kd = kd + self.kd_temperature**2 * F.kl_div(student, teacher, log_target=True, reduction="batchmean") / len(configurations)
             if self.lambda_reg > 0:
-                reg = reg + torch.stack([w.norm() for w in weights.values()]).sum() / len(configurations)
+                reg = reg + torch.stack([w.norm() for w in raw.values()]).sum() / len(configurations)
             if widths == self.full and full is None:
-                full = weights
+                full = raw
         loss, logs = task, {"task": task.detach()}
         if self.lambda_recon > 0:
             if full is None:
-                full = self.inr.generate(self.full, noise=self.coord_noise, generator=self.generator, trained=trained)
+                full = self.inr.generate(
+                    self.full, noise=self.coord_noise, generator=self.generator, trained=trained, only=self.active, raw=True
+                )
             recon = self.inr.standardised_error(full, self.reference)
             loss = loss + self.lambda_recon * recon
             logs["recon"] = recon.detach()

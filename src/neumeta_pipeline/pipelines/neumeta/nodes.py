@@ -33,7 +33,7 @@ from ...neumeta import fuse, graph, permute
 from ...neumeta.export import export_onnx as onnx_export
 from ...neumeta.inr import NeuMetaINR
 from ...neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs, weight_norm
-from ...neumeta.morph import MorphSpec
+from ...neumeta.morph import MorphSpec, blocks, generated_modules, shared_parameters
 from ...neumeta.resume import ResumeFile, content_hash
 from ...neumeta.sample import load_inr, sample_model
 from ...neumeta.train import (
@@ -122,7 +122,12 @@ def fuse_batchnorm(permuted_model: dict) -> dict:
 def train_inr(
     fused_model: dict, splits: dict, morph: dict, inr: dict, train_inr: dict, seed: int, device: str, task: str
 ) -> tuple[dict, dict]:
-    """Fit the hypernetwork: task loss at sampled widths, reconstruction at full width, L2."""
+    """Fit the hypernetwork: task loss at sampled widths, reconstruction at full width, L2.
+
+    With ``block_epochs`` > 0 the generated blocks join one at a time, from input to output, each
+    stage training every block added so far for ``block_epochs`` epochs, the last (all blocks) for
+    ``epochs``; a joining block's MLPs start from its predecessor's (``block_init``).
+    """
     morph_p, inr_p = MorphParams.model_validate(morph), INRParams.model_validate(inr)
     train_p = TrainINRParams.model_validate(train_inr)
     dev = resolve_device(device)
@@ -131,31 +136,46 @@ def train_inr(
     for p in target.parameters():
         p.requires_grad_(False)
     spec = MorphSpec(target, example_input(fused_model["arch"]).to(dev), morph_p.generated, morph_p.morphable)
-    hyper = NeuMetaINR(spec, **inr_p.model_dump(), reference=target.state_dict()).to(dev)
+    options = {
+        **inr_p.model_dump(),
+        "shared": shared_parameters(target, spec, inr_p.shared),
+        "branch_scale": generated_modules(spec, inr_p.branch_scale, "branch_scale"),
+    }
+    hyper = NeuMetaINR(spec, **options, reference=target.state_dict()).to(dev)
     loss = NeuMetaLoss(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
         train_p.lambda_recon, train_p.lambda_reg, generator, train_p.tensor_fraction,
         train_p.width_sampling, train_p.widths_per_step, train_p.lambda_kd, train_p.kd_temperature,
     )
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
-    val_widths = [spec.widths(g) for g in train_p.validation_compressions]
 
     def validate(module: NeuMetaINR) -> float:
-        # Mean validation accuracy over a few seen widths. K = 1 without noise is fast; the
-        # deployed K and noise select the epoch whose sampled networks are best. The noise has
-        # its own fixed stream, so validating never shifts the training's random draws.
+        # Mean validation accuracy over a few seen widths (of the blocks trained so far). K = 1
+        # without noise is fast; the deployed K and noise select the epoch whose sampled networks
+        # are best. The noise has its own fixed stream, so validating never shifts the training's
+        # random draws.
         scores, noise = [], torch.Generator().manual_seed(seed)
-        for widths in val_widths:
-            weights = module.generate(widths, train_p.validation_noise, train_p.validation_samples, noise)
+        for gamma in train_p.validation_compressions:
+            widths = loss.restrict(spec.widths(gamma))
+            _, weights = loss.weights(module, widths, train_p.validation_noise, train_p.validation_samples, noise)
             scores.append(accuracy(lambda x: spec.run(target, widths, weights, x), val))
         return sum(scores) / len(scores)
 
+    # Stages: the blocks trained in each, and for how many epochs. One stage is the joint training.
+    groups = blocks(spec) if train_p.block_epochs > 0 else [spec.generated_modules]
+    stages = [(groups[: k + 1], train_p.block_epochs) for k in range(len(groups) - 1)] + [(groups, train_p.epochs)]
+    names = ["train_inr"] if len(stages) == 1 else [f"train_inr-stage{k + 1}of{len(stages)}" for k in range(len(stages))]
     settings = {"morph": morph_p.model_dump(), "inr": inr_p.model_dump()}
     inputs = {"fused_model": content_hash(fused_model), "splits": content_hash(splits)}
-    with resume_file(train_p, task, "train_inr", seed, dev, settings, inputs) as resume:
-        if resume is not None and resume.load() is not None:
+    history, stage_log = [], []
+    with contextlib.ExitStack() as files:
+        # Every stage's resume file is held until the last stage ends, so an interruption in a late
+        # stage replays the finished stages from their files instead of training them again.
+        resumes = [files.enter_context(resume_file(train_p, task, name, seed, dev, settings, inputs)) for name in names]
+        first = resumes[0]
+        if first is not None and first.load() is not None:
             # The saved state already holds the warm-started INR; its record comes back with it.
-            warm, warm_seconds = resume.extra["warm_start"], resume.extra["warm_seconds"]
+            warm, warm_seconds = first.extra["warm_start"], first.extra["warm_seconds"]
         else:
             start = time.perf_counter()
             warm = fit_reconstruction(
@@ -164,13 +184,32 @@ def train_inr(
             warm_seconds = time.perf_counter() - start
             if warm:
                 log.info("INR reconstruction warm start: error %.4f -> %.4f in %d steps", warm[0], warm[-1], len(warm))
+            if first is not None:
+                first.extra = {"warm_start": warm, "warm_seconds": warm_seconds}
+        for k, ((trained, epochs), name, resume) in enumerate(zip(stages, names, resumes)):
+            modules = [m for block in trained for m in block]
+            if len(stages) > 1:
+                copied = []
+                if k > 0 and train_p.block_init == "predecessor":
+                    copied = hyper.copy_block(trained[-2], trained[-1])
+                log.info("INR stage %d of %d: blocks %s; %s starts %s", k + 1, len(stages), _blocks_text(trained),
+                         _blocks_text(trained[-1:]), f"as a copy of {_blocks_text(trained[-2:-1])}" if copied else "from its own weights")
+            loss.active = None if k == len(stages) - 1 else {t.name for t in spec.tensors if t.module in modules}
+            config = fit_config(train_p)
+            config.epochs = epochs
+            result = fit(hyper, loss, train, validate, config, generator, name, resume, finish=False)
+            # The next stage continues from this stage's selected (EMA) state.
+            hyper.load_state_dict(result.best.state_dict())
+            history += [{**h, "stage": k + 1} for h in result.history] if len(stages) > 1 else result.history
+            stage_log.append({"stage": k + 1, "blocks": trained, "epochs": epochs, "best_epoch": result.best_epoch, "best_score": result.best_score,
+                              "resumed_from_epoch": result.resumed_from})
+        for resume in resumes:
             if resume is not None:
-                resume.extra = {"warm_start": warm, "warm_seconds": warm_seconds}
-        result = fit(hyper, loss, train, validate, fit_config(train_p), generator, "train_inr", resume)
+                resume.finish()
     log.info("INR: best mean validation accuracy %.4f at epoch %d", result.best_score, result.best_epoch)
     checkpoint = {
         "spec": spec.to_dict(),
-        "inr_config": inr_p.model_dump(),
+        "inr_config": hyper.config,
         "state_dict": {k: v.detach().cpu() for k, v in result.best.state_dict().items()},
         "val_score": result.best_score,
         "best_epoch": result.best_epoch,
@@ -182,10 +221,15 @@ def train_inr(
         "device": device_label(dev),
         "reconstruction_seconds": warm_seconds,
         "reconstruction_warm_start": warm[:: max(1, len(warm) // 100)],
-        "resumed_from_epoch": result.resumed_from,
-        "epochs": result.history,
+        "resumed_from_epoch": sum(stage["resumed_from_epoch"] for stage in stage_log),  # over all stages
+        **({"stages": stage_log} if len(stages) > 1 else {}),
+        "epochs": history,
     }
     return checkpoint, history
+
+
+def _blocks_text(blocks: list[list[str]]) -> str:
+    return ", ".join("+".join(block) for block in blocks)
 
 
 def sample_weights(inr_checkpoint: dict, fused_model: dict, sample: dict) -> dict:
