@@ -282,8 +282,19 @@ def _label(method: str) -> str:
     return _NAMES.get(method, method.replace("pruning_", "pruning, ").replace("l1", "L1").replace("l2", "L2"))
 
 
+def _trained_range(long: pd.DataFrame) -> tuple[float, float] | None:
+    """NeuMeta's trained compressions (%), the span the charts shade: every point outside it is a
+    width the INR never saw."""
+    seen = long[(long.method == "neumeta") & long.seen_in_training.astype(bool)].compression
+    return (100 * seen.min(), 100 * seen.max()) if len(seen) else None
+
+
 def _comparison_plotly(long: pd.DataFrame, task: str) -> go.Figure:
     fig = go.Figure()
+    span = _trained_range(long)
+    if span is not None:
+        fig.add_vrect(x0=span[0], x1=span[1], fillcolor="lightgrey", opacity=0.3, line_width=0,
+                      annotation_text="NeuMeta's trained widths")
     for method, rows in long.groupby("method", sort=False):
         rows = rows.sort_values("compression")
         fig.add_trace(go.Scatter(
@@ -298,6 +309,9 @@ def _comparison_plotly(long: pd.DataFrame, task: str) -> go.Figure:
 def _comparison_png(long: pd.DataFrame, task: str) -> Figure:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
+    span = _trained_range(long)
+    if span is not None:
+        ax.axvspan(*span, color="lightgrey", alpha=0.5, label="NeuMeta's trained widths")
     for method, rows in long.groupby("method", sort=False):
         rows = rows.sort_values("compression")
         ax.plot(100 * rows.compression, 100 * rows.accuracy, ":o" if method.startswith("pruning_") else "-o", label=_label(method))
