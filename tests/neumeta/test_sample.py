@@ -79,3 +79,23 @@ def test_coordinate_options_round_trip_and_change_the_weights():
         return module.generate(widths, noise=1.0, samples=3, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(generate(inr).values(), generate(again).values()))
     assert not torch.equal(generate(inr)["conv2.weight"], generate(plain)["conv2.weight"])
+
+
+def test_shared_tensors_and_branch_scales_reach_the_sampled_network_through_a_checkpoint():
+    from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
+
+    torch.manual_seed(0)
+    target = fuse_batchnorm(build_model("resnet20")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    spec = MorphSpec(target, x[:1], ["layer3.*"], ["layer3.*.conv1"])
+    inr = NeuMetaINR(spec, num_frequencies=3, hidden=8, depth=1, reference=target.state_dict(),
+                     shared={"fc.weight": [10, 64], "fc.bias": [10]}, branch_scale=["layer3.0.conv2"], branch_scale_init=0.0)
+    with torch.no_grad():
+        inr.shared[1].add_(1.0)  # trained away from the reference
+    again = load_inr({"spec": spec.to_dict(), "inr_config": inr.config, "state_dict": inr.state_dict()})
+    widths = spec.widths(0.5)
+    net = sample_model(again, target, widths, samples=1, noise=0.0, seed=0)
+    assert torch.equal(net.fc.bias, target.fc.bias + 1.0)
+    assert not net.layer3[0].conv2.weight.any() and net.layer3[1].conv2.weight.any()  # scale 0 switches the branch off
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), spec.run(target, widths, inr.generate(widths), x))

@@ -185,7 +185,8 @@ def compare_methods(
         )
     pretrain_seconds = sum(e["seconds"] for e in pretrain_history)
     inr_seconds = inr_history["reconstruction_seconds"] + sum(e["seconds"] for e in inr_history["epochs"])
-    generated = {t["name"] for t in inr_checkpoint["spec"]["tensors"]}
+    # Tensors the INR holds (generated, or trained directly and shared) are not stored twice.
+    generated = {t["name"] for t in inr_checkpoint["spec"]["tensors"]} | set(inr_checkpoint["inr_config"].get("shared", {}))
     frozen = {k: v for k, v in fused_model["state_dict"].items() if k not in generated}
     ours = neumeta_table[neumeta_table.method == "neumeta"].assign(
         train_seconds=pretrain_seconds + inr_seconds,
