@@ -39,6 +39,15 @@ def test_collapse_alarm_on_equal_accuracies_and_vanishing_norms():
     assert len(tiny) == 1 and "0.5" in tiny[0]
 
 
+def test_collapse_alarm_when_every_width_is_at_chance_level():
+    # As measured on the whole ResNet20 with the compact INR: 9-10% everywhere, pretrained 59.7%.
+    noise = {0.0: 0.1009, 0.25: 0.1019, 0.75: 0.0912}
+    (alarm,) = collapse_alarms(noise, {}, 10.0, chance=0.1, reference_accuracy=0.597)
+    assert "chance level" in alarm and "0.5970" in alarm
+    assert collapse_alarms({**noise, 0.0: 0.35}, {}, 10.0, chance=0.1, reference_accuracy=0.597) == []
+    assert collapse_alarms(noise, {}, 10.0, chance=0.1, reference_accuracy=0.15) == []  # the reference is no better
+
+
 def test_linear_cka_of_a_representation_with_itself_is_one():
     x = torch.randn(50, 20, generator=torch.Generator().manual_seed(0))
     assert abs(linear_cka(x, x) - 1.0) < 1e-12

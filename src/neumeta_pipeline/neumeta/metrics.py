@@ -30,13 +30,25 @@ def weight_norm(model: nn.Module) -> float:
     return float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in model.parameters())))
 
 
-def collapse_alarms(accuracies: dict[float, float], norms: dict[float, float], reference_norm: float) -> list[str]:
+def collapse_alarms(
+    accuracies: dict[float, float], norms: dict[float, float], reference_norm: float,
+    chance: float | None = None, reference_accuracy: float | None = None,
+) -> list[str]:
     """The collapse signature of a hypernetwork: one accuracy at every width (the generated part
-    has become an identity or a constant), or generated weights whose norm has vanished."""
+    has become an identity or a constant), every width at chance level while the reference
+    network is not (the generated weights do not work at all), or generated weights whose norm
+    has vanished."""
     alarms = []
     if len(accuracies) > 1 and len(set(accuracies.values())) == 1:
         value = next(iter(accuracies.values()))
         alarms.append(f"every width has accuracy {value:.4f}: the generated part may have collapsed")
+    elif chance is not None and reference_accuracy is not None and reference_accuracy > chance + 0.1:
+        # Two points above chance at best: noise around 1/classes, not a working network.
+        if accuracies and max(accuracies.values()) < chance + 0.02:
+            alarms.append(
+                f"every width is at chance level (best {max(accuracies.values()):.4f}, chance {chance:.4f}) while the "
+                f"pretrained network has {reference_accuracy:.4f}: the generated weights do not work"
+            )
     for gamma, norm in norms.items():
         if norm < 1e-2 * reference_norm:
             alarms.append(f"compression {gamma:g}: weight norm {norm:.3g} is under 1% of the pretrained {reference_norm:.3g}")

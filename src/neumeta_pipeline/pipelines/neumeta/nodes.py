@@ -280,7 +280,9 @@ def evaluate(
         )
     table = pd.DataFrame(rows)
     ours = table[table.method == "neumeta"]
-    alarms = collapse_alarms(dict(zip(ours.compression, ours.accuracy)), norms, weight_norm(base))
+    with torch.no_grad():
+        classes = base.eval()(x0).shape[1]
+    alarms = collapse_alarms(dict(zip(ours.compression, ours.accuracy)), norms, weight_norm(base), 1.0 / classes, rows[0]["accuracy"])
     for alarm in alarms:
         log.warning("COLLAPSE ALARM (%s): %s", task, alarm)
     metrics = {
