@@ -30,7 +30,10 @@ def export_onnx(
     a dynamic batch dimension, then compare onnxruntime with PyTorch on seeded random inputs at
     several batch sizes.
 
-    Raises ``RuntimeError`` when any output differs by more than ``atol + rtol * |torch output|``.
+    Raises ``RuntimeError`` when any output differs by more than ``atol + rtol * max |torch output|``
+    (per batch): float32 rounding grows with the largest activations, so a network whose logits
+    span 1e-2 to 1e5 (a briefly trained deep one without BatchNorm) is judged on its scale, not
+    element by element.
     Returns a JSON-serialisable report of the export and the check.
     """
     import onnx
@@ -74,10 +77,11 @@ def export_onnx(
                 )
             diff = np.abs(actual - expected)
             max_abs = max(max_abs, float(diff.max()))
-            if not np.all(diff <= atol + rtol * np.abs(expected)):
+            scale = float(np.abs(expected).max())
+            if float(diff.max()) > atol + rtol * scale:
                 raise RuntimeError(
                     f"onnxruntime disagrees with PyTorch for {path} at batch size {batch}: max |diff| "
-                    f"{float(diff.max()):.3g} exceeds atol={atol:g} + rtol={rtol:g} * |output|"
+                    f"{float(diff.max()):.3g} exceeds atol={atol:g} + rtol={rtol:g} * max |output| ({scale:.3g})"
                 )
     finally:
         model.train(was_training)

@@ -35,7 +35,7 @@ def collapse_alarms(
     chance: float | None = None, reference_accuracy: float | None = None,
 ) -> list[str]:
     """The collapse signature of a hypernetwork: one accuracy at every width (the generated part
-    has become an identity or a constant), every width at chance level while the reference
+    has become an identity or a constant), every width near chance level while the reference
     network is not (the generated weights do not work at all), or generated weights whose norm
     has vanished."""
     alarms = []
@@ -43,10 +43,13 @@ def collapse_alarms(
         value = next(iter(accuracies.values()))
         alarms.append(f"every width has accuracy {value:.4f}: the generated part may have collapsed")
     elif chance is not None and reference_accuracy is not None and reference_accuracy > chance + 0.1:
-        # Two points above chance at best: noise around 1/classes, not a working network.
-        if accuracies and max(accuracies.values()) < chance + 0.02:
+        # Even the best width keeps under a quarter of the pretrained network's margin over chance.
+        # A fixed margin (two points) missed a whole-ResNet20 run at 9-16% on 466 test images;
+        # a healthy run's best (seen) width is close to the reference, far above this line.
+        best = max(accuracies.values(), default=None)
+        if best is not None and best < chance + 0.25 * (reference_accuracy - chance):
             alarms.append(
-                f"every width is at chance level (best {max(accuracies.values()):.4f}, chance {chance:.4f}) while the "
+                f"every width is near chance level (best {best:.4f}, chance {chance:.4f}) while the "
                 f"pretrained network has {reference_accuracy:.4f}: the generated weights do not work"
             )
     for gamma, norm in norms.items():
