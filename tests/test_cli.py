@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from neumeta_pipeline.config import validate_task
 from neumeta_pipeline.pipeline_registry import TASKS
 from neumeta_pipeline.pipelines.compare import BASELINES
 from tests.pipelines.conftest import make_project
@@ -57,7 +62,11 @@ def test_viz_build_lists_every_node_of_every_task(tmp_path):
 
 def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(tmp_path):
     project = make_project(tmp_path)
-    kedro(project, "run", "--pipeline=mnist_offline")
+    out = kedro(project, "run", "--pipeline=mnist_offline")
+    # The result where the user looks: the accuracy table and the chart's file, from SummaryHook.
+    assert "mnist_offline.accuracy_table" in out and "unseen" in out
+    (chart,) = (project / "data/08_reporting/mnist_offline/accuracy_plot.png").glob("*/accuracy_plot.png")
+    assert f"mnist_offline.accuracy_plot_png: {chart.relative_to(project)}" in out
     data = project / "data"
     versions = sorted(data.glob("*/mnist_offline/*/*/"))
     assert len(versions) == 16 and data / "08_reporting/mnist_offline/metrics.json" in [v.parent for v in versions]
@@ -68,6 +77,24 @@ def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(tmp_path)
     assert "run again with --apply" in dry and len(list(data.glob("*/mnist_offline/*/*/"))) == 32
     kedro(project, "prune", "--keep", "1", "--apply")
     assert sorted(data.glob("*/mnist_offline/*/*/")) == versions
+
+
+def test_a_run_configuration_file_carries_lists_into_the_parameters(tmp_path):
+    project = make_project(tmp_path)
+    # The committed example, merged key by key: its lists replace the base values, the rest stays.
+    runtime = yaml.safe_load((project / "conf/runs/wide_range.yml").read_text())["run"]["params"]
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=runtime) as session:
+        params = session.load_context().params["mnist_offline"]
+    base = yaml.safe_load((project / "conf/base/parameters_mnist_offline.yml").read_text())["mnist_offline"]
+    assert params["morph"] == {**base["morph"], "compression_range": [0.0, 0.75]}
+    assert params["train_inr"] == {**base["train_inr"], "validation_compressions": [0.0, 0.375, 0.75]}
+    validate_task("mnist_offline", params)
+    # Through the command line (the user's path): a list arrives as a list, and is validated.
+    bad = project / "bad.yml"
+    bad.write_text(yaml.safe_dump({"run": {"pipelines": "mnist_offline", "params": {"mnist_offline": {"morph": {"compression_range": [0.75, 0.0]}}}}}))
+    out = kedro(project, "run", "--config", str(bad), expect=1)
+    assert "compression_range must be [low, high] with low <= high, got [0.75, 0.0]" in out
 
 
 def test_a_user_error_prints_its_reason_without_a_traceback(tmp_path):

@@ -1,9 +1,11 @@
 """What every run does around its nodes: reject bad parameters before the first node starts, keep
-each run to its own versions, and refuse a data split made with other settings."""
+each run to its own versions, refuse a data split made with other settings, and show the result
+at the end."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 from kedro.io.core import AbstractVersionedDataset, Version, VersionNotFoundError
@@ -12,6 +14,7 @@ from .config import ConfigError, DataParams, check_against_model, validate_task
 from .data import check_available
 from .errors import UserError, install_excepthook
 from .neumeta.train import resolve_device
+from .summary import PLOT_SUFFIX, SKIPPED, TABLE_SUFFIX, print_summary
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +91,23 @@ class RunIsolationHook:
                     f"the data split {name} that {node.name} would read was made with other data settings ({changed}); "
                     f"make a new one first: kedro run --pipelines={task} --from-nodes={task}.prepare_data"
                 )
+
+
+class SummaryHook:
+    """After a run, the tables it wrote (accuracy per width, each baseline, the comparison) as
+    terminal tables, and the files its charts went to."""
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        produced = sorted(pipeline.all_outputs())
+        tables = {n: catalog.load(n) for n in produced if n.endswith(TABLE_SUFFIX) and not n.endswith(SKIPPED)}
+        charts = {n: _saved_path(catalog.get(n)) for n in produced if n.endswith(PLOT_SUFFIX)}
+        if tables or charts:
+            print_summary(tables, charts)
+
+
+def _saved_path(dataset) -> Path:
+    """Where a dataset wrote this run's version (RunIsolationHook pinned it to the save version),
+    relative to the project when it is inside it."""
+    path = Path(str(dataset._get_load_path() if isinstance(dataset, AbstractVersionedDataset) else dataset._filepath))
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path

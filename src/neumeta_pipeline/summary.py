@@ -1,0 +1,78 @@
+"""The result of a run where the user looks: a compact table in the terminal.
+
+A run's figures live in versioned CSV files five folders deep; after every pipeline that evaluates,
+``SummaryHook`` (``hooks.py``) prints each table the run wrote and the paths of its charts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+# Tables a run may write, by the end of their catalog name; the similarity table is a study with
+# other columns, not a result per width.
+TABLE_SUFFIX, SKIPPED = "_table", (".similarity_table",)
+PLOT_SUFFIX = "_plot_png"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def _count(value: float) -> str:
+    return f"{int(value):,}"
+
+
+def method_table(frame: pd.DataFrame, title: str) -> Table:
+    """One row per (method, compression): widths, parameters, MACs, accuracy, seen or unseen."""
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("method", "left"), ("compression", "right"), ("widths", "left"), ("parameters", "right"),
+                            ("MACs", "right"), ("accuracy", "right"), ("trained", "left")):
+        table.add_column(column, justify=justify)
+    for row in frame.itertuples(index=False):
+        seen = getattr(row, "seen_in_training", True)
+        widths = str(row.widths)
+        if len(widths) > 48:  # whole-ResNet widths list every block; the first and the count say enough
+            parts = widths.split(",")
+            widths = f"{parts[0]}, ... ({len(parts)} widths)"
+        table.add_row(row.method, f"{100 * row.compression:g}%", widths, _count(row.params), _count(row.macs),
+                      _percent(row.accuracy), "seen" if seen else "[bold]unseen[/bold]")
+    return table
+
+
+def comparison_table(frame: pd.DataFrame, title: str) -> Table:
+    """The comparison as it is stored: a row per method, accuracy per compression, training cost in
+    device-hours, stored parameters and the widths the method never trained."""
+    accuracy = [c for c in frame.columns if c.startswith("acc@")]
+    table = Table(title=title, title_justify="left")
+    table.add_column("method")
+    for column in accuracy:
+        table.add_column(column.removeprefix("acc@"), justify="right")
+    for column in ("device-hours", "stored parameters", "not trained"):
+        table.add_column(column, justify="right" if column != "not trained" else "left")
+    for row in frame.to_dict("records"):
+        table.add_row(row["method"], *("" if pd.isna(row[c]) else _percent(row[c]) for c in accuracy),
+                      f"{row['train_device_hours']:.4f}", _count(row["stored_parameters"]), str(row["widths_not_trained"]))
+    return table
+
+
+def render(name: str, frame: pd.DataFrame) -> Table:
+    """The table for one catalog entry: comparisons pivot by method, the rest list every row."""
+    if name.endswith(".comparison_table"):
+        return comparison_table(frame, name)
+    return method_table(frame, name)
+
+
+def print_summary(tables: Mapping[str, pd.DataFrame], charts: Mapping[str, Path], console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: rich would squeeze the table into 80 columns
+            console = Console(width=200)
+    for name, frame in tables.items():
+        console.print(render(name, frame))
+    for name, path in charts.items():
+        console.print(f"{name}: {path}", soft_wrap=True, highlight=False)
