@@ -85,3 +85,16 @@ def mnist_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def cifar10_root(tmp_path: Path) -> Path:
     return write_cifar(tmp_path / "raw", classes=10)
+
+
+@pytest.fixture(autouse=True)
+def no_tracked_run_left_open():
+    """Every Kedro run in a test must close its MLflow run: one left open would be reused by the
+    next run in the process, which would then log into it (and fail on a changed parameter)."""
+    yield
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is not None:
+        mlflow.end_run()
+        pytest.fail(f"an MLflow run was left open: {run.info.run_name} ({run.info.run_id})")

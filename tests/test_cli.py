@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from mlflow.tracking import MlflowClient
 
 from neumeta_pipeline.config import validate_task
 from neumeta_pipeline.pipeline_registry import TASKS
@@ -33,8 +35,17 @@ def kedro(project: Path, *args: str, expect: int = 0) -> str:
     return done.stdout + done.stderr
 
 
+def mlflow_runs(project: Path) -> list:
+    """Every run in the project's tracking store (conf/base/mlflow.yml)."""
+    if not (project / "mlflow.db").exists():
+        return []
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 def test_registry_lists_every_task_with_its_baselines(tmp_path):
     out = kedro(make_project(tmp_path), "registry", "list")
+    assert "Add type hints" not in out  # MLflow's start-up warning is filtered (cli_hooks.py)
     for task in (*TASKS, "__default__"):
         assert f"- {task}" in out
     for task in TASKS:
@@ -67,6 +78,18 @@ def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(tmp_path)
     assert "mnist_offline.accuracy_table" in out and "unseen" in out
     (chart,) = (project / "data/08_reporting/mnist_offline/accuracy_plot.png").glob("*/accuracy_plot.png")
     assert f"mnist_offline.accuracy_plot_png: {chart.relative_to(project)}" in out
+    # Tracked in the project's own store: the parameters the nodes read, a metric per width, the
+    # tags and the chart.
+    (run,) = mlflow_runs(project)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["mnist_offline.train_inr.epochs"] == "1" and run.data.params["mnist_offline.seed"] == "0"
+    table = pd.read_csv(next((project / "data/08_reporting/mnist_offline/accuracy_table.csv").glob("*/*.csv")))
+    for row in table.itertuples():
+        assert run.data.metrics[f"accuracy/{row.method}/{100 * row.compression:g}"] == row.accuracy
+    assert {k: run.data.tags[k] for k in ("tasks", "pipeline")} == {"tasks": "mnist_offline", "pipeline": "mnist_offline"}
+    assert run.data.tags["git_commit"] == "unknown"  # the copy is not a git checkout
+    assert run.data.tags["run_id"] == chart.parent.name  # the MLflow run names the catalog versions it wrote
+    assert [a.path for a in MlflowClient(f"sqlite:///{project}/mlflow.db").list_artifacts(run.info.run_id)] == ["mnist_offline.accuracy_plot_png.png"]
     data = project / "data"
     versions = sorted(data.glob("*/mnist_offline/*/*/"))
     assert len(versions) == 16 and data / "08_reporting/mnist_offline/metrics.json" in [v.parent for v in versions]
@@ -92,13 +115,19 @@ def test_a_run_configuration_file_carries_lists_into_the_parameters(tmp_path):
     validate_task("mnist_offline", params)
     # Through the command line (the user's path): a list arrives as a list, and is validated.
     bad = project / "bad.yml"
-    bad.write_text(yaml.safe_dump({"run": {"pipelines": "mnist_offline", "params": {"mnist_offline": {"morph": {"compression_range": [0.75, 0.0]}}}}}))
+    params = {"tracking": False, "mnist_offline": {"morph": {"compression_range": [0.75, 0.0]}}}
+    bad.write_text(yaml.safe_dump({"run": {"pipelines": "mnist_offline", "params": params}}))
     out = kedro(project, "run", "--config", str(bad), expect=1)
     assert "compression_range must be [low, high] with low <= high, got [0.75, 0.0]" in out
+    assert mlflow_runs(project) == []  # tracking: false records no run
 
 
 def test_a_user_error_prints_its_reason_without_a_traceback(tmp_path):
-    out = kedro(make_project(tmp_path), "run", "--params", "mnist_offline.morph.generated=conv9", expect=1)
+    project = make_project(tmp_path)
+    out = kedro(project, "run", "--params", "mnist_offline.morph.generated=conv9", expect=1)
     assert "Error: invalid parameters for task 'mnist_offline'" in out
     assert "mnist_offline.morph.generated: 'conv9' matches none of the conv/linear modules" in out
-    assert "Traceback" not in out and len(out.splitlines()) < 40
+    # Kedro's and kedro-mlflow's start-up log lines, then the reason; no traceback.
+    assert "Traceback" not in out and len(out.splitlines()) < 60
+    (run,) = mlflow_runs(project)  # tracked (the default), and marked as failed
+    assert run.info.status == "FAILED"

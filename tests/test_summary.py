@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from rich.console import Console
 
-from neumeta_pipeline.summary import print_summary
+from neumeta_pipeline.summary import print_summary, table_metrics
 
 
 def _printed(tables, charts=None) -> str:
@@ -45,3 +45,12 @@ def test_a_comparison_shows_each_method_as_a_row_with_its_training_cost():
     assert "99.00%" in neumeta and "97.00%" in neumeta and "0.4540" in neumeta and "553,927" in neumeta and "75%" in neumeta
     (individual,) = [line for line in text.splitlines() if "individual" in line]
     assert "99.50%" in individual and "nan" not in individual
+
+
+def test_tracked_metrics_name_each_method_and_width_and_the_comparison_costs():
+    widths = pd.DataFrame({"method": ["pretrained", "neumeta", "neumeta"], "compression": [0.0, 0.125, 0.75],
+                           "accuracy": [0.98, 0.97, 0.9]})
+    assert table_metrics("t.accuracy_table", widths) == {
+        "accuracy/pretrained/0": 0.98, "accuracy/neumeta/12.5": 0.97, "accuracy/neumeta/75": 0.9}
+    comparison = pd.DataFrame({"method": ["neumeta"], "acc@0%": [0.99], "train_device_hours": [0.454], "stored_parameters": [553927]})
+    assert table_metrics("t.comparison_table", comparison) == {"train_device_hours/neumeta": 0.454, "stored_parameters/neumeta": 553927.0}

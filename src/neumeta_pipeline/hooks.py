@@ -1,10 +1,11 @@
 """What every run does around its nodes: reject bad parameters before the first node starts, keep
-each run to its own versions, refuse a data split made with other settings, and show the result
-at the end."""
+each run to its own versions, refuse a data split made with other settings, track the run, and
+show the result at the end."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
@@ -14,7 +15,7 @@ from .config import ConfigError, DataParams, check_against_model, validate_task
 from .data import check_available
 from .errors import UserError, install_excepthook
 from .neumeta.train import resolve_device
-from .summary import PLOT_SUFFIX, SKIPPED, TABLE_SUFFIX, print_summary
+from .summary import PLOT_SUFFIX, SKIPPED, TABLE_SUFFIX, print_summary, table_metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,14 @@ class ValidateParametersHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        try:
+            self._check(pipeline, catalog)
+        except Exception:
+            _fail_tracked_run()
+            raise
+
+    @staticmethod
+    def _check(pipeline, catalog) -> None:
         names = {n.name for n in pipeline.nodes}
         inputs = {i for n in pipeline.nodes for i in n.inputs}
         for task in _tasks(pipeline):
@@ -111,3 +120,62 @@ def _saved_path(dataset) -> Path:
     relative to the project when it is inside it."""
     path = Path(str(dataset._get_load_path() if isinstance(dataset, AbstractVersionedDataset) else dataset._filepath))
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+class TrackingHook:
+    """Experiment tracking (kedro-mlflow): kedro-mlflow opens an MLflow run per `kedro run` and logs
+    every parameter a node reads; this adds the run's tags (tasks, pipeline, git commit), one metric
+    per method and compression, and the charts. `tracking: false` (a parameter) switches it off."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        # kedro-mlflow's own hook has run (plugins are called first) and put its configuration on
+        # the context; it only knows to skip named pipelines, so "off" names them all.
+        if context.params.get("tracking", True) is False and hasattr(context, "mlflow"):
+            from kedro.framework.project import pipelines
+
+            context.mlflow.tracking.disable_tracking.pipelines = sorted(pipelines)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        mlflow.set_tags({
+            "tasks": ",".join(_tasks(pipeline)),
+            "pipeline": ",".join(run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]),
+            "git_commit": _git_commit(run_params.get("project_path")),
+        })
+
+    @hook_impl
+    def after_node_run(self, node, outputs: dict) -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        for name, value in outputs.items():
+            if name.endswith(TABLE_SUFFIX) and not name.endswith(SKIPPED):
+                mlflow.log_metrics(table_metrics(name, value))
+            elif name.endswith(PLOT_SUFFIX):
+                mlflow.log_figure(value, f"{name}.png")
+
+
+def _fail_tracked_run() -> None:
+    """kedro-mlflow opens its run before this project's checks and closes it in Kedro's
+    on_pipeline_error, which an error raised before the first node bypasses: without this the run
+    of a rejected configuration would end as FINISHED when the process exits."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.end_run("FAILED")
+
+
+def _git_commit(project_path) -> str:
+    """The checkout's commit, with "+changes" when files differ from it; "unknown" outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_path, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_path, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")

@@ -4,10 +4,10 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from .hooks import RunIsolationHook, SummaryHook, ValidateParametersHook
+from .hooks import RunIsolationHook, SummaryHook, TrackingHook, ValidateParametersHook
 
 # Pluggy calls the last registered hook first: parameters are validated before isolation reads them.
-HOOKS = (SummaryHook(), RunIsolationHook(), ValidateParametersHook())
+HOOKS = (SummaryHook(), TrackingHook(), RunIsolationHook(), ValidateParametersHook())
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 
 # Kedro's config loader calls an OmegaConf function that newer OmegaConf deprecates; the warning

@@ -1,7 +1,9 @@
-"""The result of a run where the user looks: a compact table in the terminal.
+"""The result of a run where the user looks: a compact table in the terminal, and the same
+figures as tracked metrics.
 
 A run's figures live in versioned CSV files five folders deep; after every pipeline that evaluates,
-``SummaryHook`` (``hooks.py``) prints each table the run wrote and the paths of its charts.
+``SummaryHook`` (``hooks.py``) prints each table the run wrote and the paths of its charts, and
+``TrackingHook`` logs ``table_metrics`` of each table to MLflow.
 """
 
 from __future__ import annotations
@@ -58,6 +60,19 @@ def comparison_table(frame: pd.DataFrame, title: str) -> Table:
         table.add_row(row["method"], *("" if pd.isna(row[c]) else _percent(row[c]) for c in accuracy),
                       f"{row['train_device_hours']:.4f}", _count(row["stored_parameters"]), str(row["widths_not_trained"]))
     return table
+
+
+def table_metrics(name: str, frame: pd.DataFrame) -> dict[str, float]:
+    """Flat metrics of one table, one per figure, named so that MLflow's charts line runs up:
+    ``accuracy/<method>/<compression in %>`` for a per-width table, and for the comparison
+    ``train_device_hours/<method>`` and ``stored_parameters/<method>``."""
+    if name.endswith(".comparison_table"):
+        metrics = {}
+        for row in frame.to_dict("records"):
+            metrics[f"train_device_hours/{row['method']}"] = float(row["train_device_hours"])
+            metrics[f"stored_parameters/{row['method']}"] = float(row["stored_parameters"])
+        return metrics
+    return {f"accuracy/{row.method}/{100 * row.compression:g}": float(row.accuracy) for row in frame.itertuples(index=False)}
 
 
 def render(name: str, frame: pd.DataFrame) -> Table:
