@@ -76,7 +76,7 @@ def table_metrics(name: str, frame: pd.DataFrame) -> dict[str, float]:
 
 
 def render(name: str, frame: pd.DataFrame) -> Table:
-    """The table for one catalog entry: comparisons pivot by method, the rest list every row."""
+    """The table for one catalog entry: the comparison a row per method, the rest a row per width."""
     if name.endswith(".comparison_table"):
         return comparison_table(frame, name)
     return method_table(frame, name)
