@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,10 +31,22 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+@functools.cache
+def _empty_tracking_store() -> Path:
+    """An MLflow store with its tables made, as after a project's first run: making them costs
+    about 3 s, which every temporary project would otherwise pay again (conf/base/mlflow.yml)."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(tempfile.mkdtemp(prefix="neumeta-tests-")) / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     """Copy pyproject and conf into ``root``, shrink every task's budget, write tiny raw data."""
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     shutil.copytree(REPO / "conf", root / "conf")
+    shutil.copy(_empty_tracking_store(), root / "mlflow.db")
     (root / "src").mkdir()  # Kedro checks it exists; the package itself is installed in the venv
     for path in (root / "conf" / "base").glob("parameters_*.yml"):
         params = yaml.safe_load(path.read_text())
