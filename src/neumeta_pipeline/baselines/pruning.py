@@ -10,10 +10,10 @@ are removed until it has the requested width; every other channel of the network
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 
 from ..neumeta.graph import ChannelGroup
@@ -23,14 +23,25 @@ IMPORTANCES = ("l1", "l2", "random", "taylor", "hessian")
 NEEDS_GRADIENTS = ("taylor", "hessian")
 
 
-class _SummedHessianImportance(tp.importance.GroupHessianImportance):
-    # torch-pruning 1.6.1 stores the running sums under the parameter but looks them up by name,
-    # so each sample overwrites the last instead of adding to it; this keeps the real sum.
-    def accumulate_grad(self, model: nn.Module) -> None:
-        for param in model.parameters():
-            if param.grad is not None:
-                self._accu_grad[param] = self._accu_grad.get(param, 0.0) + param.grad.detach().pow(2)
-                self._counter[param] = self._counter.get(param, 0) + 1
+# torch-pruning is imported where it is used, not here: it pulls in timm and torchvision's
+# detection models (about 10 s on a 2-core CPU), and every `kedro` command reads IMPORTANCES
+# through the parameter schemas.
+
+
+@functools.cache
+def _summed_hessian_importance() -> type:
+    import torch_pruning as tp
+
+    class SummedHessianImportance(tp.importance.GroupHessianImportance):
+        # torch-pruning 1.6.1 stores the running sums under the parameter but looks them up by
+        # name, so each sample overwrites the last instead of adding to it; this keeps the real sum.
+        def accumulate_grad(self, model: nn.Module) -> None:
+            for param in model.parameters():
+                if param.grad is not None:
+                    self._accu_grad[param] = self._accu_grad.get(param, 0.0) + param.grad.detach().pow(2)
+                    self._counter[param] = self._counter.get(param, 0) + 1
+
+    return SummedHessianImportance
 
 
 def prune_channels(
@@ -51,6 +62,8 @@ def prune_channels(
         raise ValueError(f"unknown importance {importance!r}; use one of {IMPORTANCES}")
     if importance in NEEDS_GRADIENTS and labels is None:
         raise ValueError(f"{importance} importance needs labelled calibration images")
+    import torch_pruning as tp
+
     narrowed = groups_to_narrow(groups, widths)
     model = copy.deepcopy(model).eval()
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=images[:1])
@@ -78,6 +91,8 @@ def prune_channels(
 
 
 def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None):
+    import torch_pruning as tp
+
     if importance in ("l1", "l2"):
         return tp.importance.GroupMagnitudeImportance(p=1 if importance == "l1" else 2)
     if importance == "random":
@@ -86,7 +101,7 @@ def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: tor
     if importance == "taylor":
         F.cross_entropy(model(images), labels).backward()
         return tp.importance.GroupTaylorImportance()
-    scorer = _SummedHessianImportance()
+    scorer = _summed_hessian_importance()()
     for x, y in zip(images, labels):
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x[None]), y[None]).backward()
@@ -97,6 +112,8 @@ def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: tor
 def _producer(model: nn.Module, group: ChannelGroup) -> tuple[nn.Module, object]:
     """A conv or linear layer whose output channels are the group, with torch-pruning's function
     for removing them (any producer gives the whole coupled group)."""
+    import torch_pruning as tp
+
     for member in group.members:
         module_name, _, attr = member.tensor.rpartition(".")
         module = model.get_submodule(module_name)
