@@ -15,7 +15,7 @@ from .config import ConfigError, DataParams, check_against_model, validate_task
 from .data import check_available
 from .errors import UserError, install_excepthook
 from .neumeta.train import resolve_device
-from .summary import PLOT_SUFFIX, SKIPPED, TABLE_SUFFIX, print_summary, table_metrics
+from .summary import is_chart, is_result_table, print_summary, table_metrics
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ class SummaryHook:
     @hook_impl
     def after_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         produced = sorted(pipeline.all_outputs())
-        tables = {n: catalog.load(n) for n in produced if n.endswith(TABLE_SUFFIX) and not n.endswith(SKIPPED)}
-        charts = {n: _saved_path(catalog.get(n)) for n in produced if n.endswith(PLOT_SUFFIX)}
+        tables = {n: catalog.load(n) for n in produced if is_result_table(n)}
+        charts = {n: _saved_path(catalog.get(n)) for n in produced if is_chart(n)}
         if tables or charts:
             print_summary(tables, charts)
 
@@ -155,9 +155,9 @@ class TrackingHook:
         if mlflow.active_run() is None:
             return
         for name, value in outputs.items():
-            if name.endswith(TABLE_SUFFIX) and not name.endswith(SKIPPED):
+            if is_result_table(name):
                 mlflow.log_metrics(table_metrics(name, value))
-            elif name.endswith(PLOT_SUFFIX):
+            elif is_chart(name):
                 mlflow.log_figure(value, f"{name}.png")
 
 

@@ -15,10 +15,15 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-# Tables a run may write, by the end of their catalog name; the similarity table is a study with
-# other columns, not a result per width.
-TABLE_SUFFIX, SKIPPED = "_table", (".similarity_table",)
-PLOT_SUFFIX = "_plot_png"
+
+def is_result_table(name: str) -> bool:
+    """A catalog entry holding a run's results (accuracy per width, a baseline's, the comparison);
+    the similarity table is a study with other columns, not a result per width."""
+    return name.endswith("_table") and not name.endswith(".similarity_table")
+
+
+def is_chart(name: str) -> bool:
+    return name.endswith("_plot_png")
 
 
 def _percent(value: float) -> str:
