@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# pytest-xdist runs one worker per core (pyproject's addopts): each worker's torch then gets its
+# share of the cores, so workers do not oversubscribe them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
