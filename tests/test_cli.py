@@ -1,4 +1,9 @@
-"""The project as a user meets it: the kedro command line in a copy of the project."""
+"""The project as a user meets it: the kedro command line in a copy of the project.
+
+A run and a rejected run go through the installed `kedro` script in a new process, as a user types
+them; the other commands run Kedro's command line (``KedroCLI``, what that script builds) inside
+the test process, which spares each the ~6 s start of a new Python that imports torch and MLflow.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
+from click.testing import CliRunner
+from kedro.framework.cli.cli import KedroCLI
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from mlflow.tracking import MlflowClient
@@ -35,6 +43,22 @@ def kedro(project: Path, *args: str, expect: int = 0) -> str:
     return done.stdout + done.stderr
 
 
+def kedro_here(project: Path, *args: str, expect: int = 0) -> tuple[str, BaseException | None]:
+    """A kedro command through Kedro's command line, in this process (cwd: the project)."""
+    result = CliRunner().invoke(KedroCLI(project), list(args))
+    assert result.exit_code == expect, result.output + repr(result.exception)
+    return result.output, result.exception
+
+
+@pytest.fixture
+def in_project(tmp_path, monkeypatch) -> Path:
+    """A copy of the project as the working directory, as when a user types a command in it."""
+    project = make_project(tmp_path)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    return project
+
+
 def mlflow_runs(project: Path) -> list:
     """Every run in the project's tracking store (conf/base/mlflow.yml)."""
     if not (project / "mlflow.db").exists():
@@ -43,9 +67,8 @@ def mlflow_runs(project: Path) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
-def test_registry_lists_every_task_with_its_baselines(tmp_path):
-    out = kedro(make_project(tmp_path), "registry", "list")
-    assert "Add type hints" not in out  # MLflow's start-up warning is filtered (cli_hooks.py)
+def test_registry_lists_every_task_with_its_baselines(in_project):
+    out, _ = kedro_here(in_project, "registry", "list")
     for task in (*TASKS, "__default__"):
         assert f"- {task}" in out
     for task in TASKS:
@@ -53,9 +76,9 @@ def test_registry_lists_every_task_with_its_baselines(tmp_path):
             assert f"- {task}_{suffix}" in out
 
 
-def test_viz_build_lists_every_node_of_every_task(tmp_path):
-    project = make_project(tmp_path)
-    kedro(project, "viz", "build")
+def test_viz_build_lists_every_node_of_every_task(in_project):
+    project = in_project
+    kedro_here(project, "viz", "build")
     api = project / "build" / "api"
     # api/main is kedro-viz's landing graph: the default pipeline (the offline MNIST task), with
     # every registered pipeline listed; each task's own graph is api/pipelines/<task>.
@@ -71,9 +94,10 @@ def test_viz_build_lists_every_node_of_every_task(tmp_path):
         assert names == {f"{task}.{n}" for n in (*NODES, *COMPARE_NODES)}
 
 
-def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(tmp_path):
-    project = make_project(tmp_path)
+def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(in_project):
+    project = in_project
     out = kedro(project, "run", "--pipeline=mnist_offline")
+    assert "Add type hints" not in out  # MLflow's start-up warning is filtered (cli_hooks.py)
     # The result where the user looks: the accuracy table and the chart's file, from SummaryHook.
     assert "mnist_offline.accuracy_table" in out and "unseen" in out
     (chart,) = (project / "data/08_reporting/mnist_offline/accuracy_plot.png").glob("*/accuracy_plot.png")
@@ -95,15 +119,15 @@ def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(tmp_path)
     assert len(versions) == 16 and data / "08_reporting/mnist_offline/metrics.json" in [v.parent for v in versions]
     for version in versions:  # as if an earlier run had written each dataset too
         shutil.copytree(version, version.with_name("2020-01-01T00.00.00.000Z"))
-    dry = kedro(project, "prune", "--keep", "1", "--task", "mnist_offline")
+    dry, _ = kedro_here(project, "prune", "--keep", "1", "--task", "mnist_offline")
     assert "data/06_models/mnist_offline/inr_checkpoint.pt: would remove 1 of 2 versions" in dry
     assert "run again with --apply" in dry and len(list(data.glob("*/mnist_offline/*/*/"))) == 32
-    kedro(project, "prune", "--keep", "1", "--apply")
+    kedro_here(project, "prune", "--keep", "1", "--apply")
     assert sorted(data.glob("*/mnist_offline/*/*/")) == versions
 
 
-def test_a_run_configuration_file_carries_lists_into_the_parameters(tmp_path):
-    project = make_project(tmp_path)
+def test_a_run_configuration_file_carries_lists_into_the_parameters(in_project):
+    project = in_project
     # The committed example, merged key by key: its lists replace the base values, the rest stays.
     runtime = yaml.safe_load((project / "conf/runs/wide_range.yml").read_text())["run"]["params"]
     bootstrap_project(project)
@@ -117,8 +141,8 @@ def test_a_run_configuration_file_carries_lists_into_the_parameters(tmp_path):
     bad = project / "bad.yml"
     params = {"tracking": False, "mnist_offline": {"morph": {"compression_range": [0.75, 0.0]}}}
     bad.write_text(yaml.safe_dump({"run": {"pipelines": "mnist_offline", "params": params}}))
-    out = kedro(project, "run", "--config", str(bad), expect=1)
-    assert "compression_range must be [low, high] with low <= high, got [0.75, 0.0]" in out
+    _, error = kedro_here(project, "run", "--config", str(bad), expect=1)
+    assert "compression_range must be [low, high] with low <= high, got [0.75, 0.0]" in str(error)
     assert mlflow_runs(project) == []  # tracking: false records no run
 
 

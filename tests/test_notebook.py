@@ -11,8 +11,7 @@ import nbformat
 from ipykernel.kernelspec import write_kernel_spec
 from nbclient import NotebookClient
 
-from tests.pipelines.conftest import make_project
-from tests.pipelines.test_neumeta_pipeline import run
+from tests.pipelines.conftest import _default_task_run, default_run  # noqa: F401  (fixtures)
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_width.ipynb"
 
@@ -23,13 +22,8 @@ def test_committed_notebook_has_no_outputs():
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
-def test_notebook_runs_on_the_default_task(tmp_path, monkeypatch):
-    (tmp_path / "project").mkdir()
-    project = make_project(tmp_path / "project")
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-    run(project, "mnist_offline")
-
+def test_notebook_runs_on_the_default_task(default_run, tmp_path, monkeypatch):  # noqa: F811
+    project = default_run
     # JUPYTER_PATH comes first in the kernelspec search, so this "python3" (this interpreter, hence
     # this venv) wins over any user-level "python3" that may point at another Python.
     kernels = tmp_path / "jupyter"

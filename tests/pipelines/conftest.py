@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
 
 from tests.conftest import write_cifar, write_mnist, write_npz
 
@@ -74,3 +76,39 @@ def project(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
     return tmp_path
+
+
+def run(project: Path, pipeline: str, **kwargs) -> None:
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project) as session:
+        session.run(pipeline_names=[pipeline], **kwargs)
+
+
+def versions(path: Path) -> list[Path]:
+    """Saved versions of a versioned dataset: <path>/<timestamp>/<name>."""
+    return sorted(path.glob(f"*/{path.name}"))
+
+
+@pytest.fixture(scope="session")
+def _default_task_run(tmp_path_factory) -> Path:
+    """One tiny run of the default task, made once per test process for the tests that read or
+    rerun its artifacts; each of them works on its own copy (``default_run``)."""
+    project = make_project(tmp_path_factory.mktemp("default_task_run"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        patch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+        run(project, "mnist_offline")
+    return project
+
+
+@pytest.fixture
+def default_run(_default_task_run, tmp_path, monkeypatch) -> Path:
+    """A copy of a finished default-task run as the working directory. The copy gets an empty
+    tracking store: the run's own store names its artifact folder by absolute path, so a copy of
+    it would log into the original's folder."""
+    project = tmp_path / "project"
+    shutil.copytree(_default_task_run, project, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
+    shutil.copy(_empty_tracking_store(), project / "mlflow.db")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    return project

@@ -10,7 +10,7 @@ import torch
 
 from neumeta_pipeline.models.checkpoint import load_model
 from neumeta_pipeline.pipelines.compare import BASELINES
-from tests.pipelines.test_neumeta_pipeline import run, versions
+from tests.pipelines.conftest import run, versions
 
 METHODS = {
     "individual": ["individual"],

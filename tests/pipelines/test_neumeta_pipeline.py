@@ -8,8 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 from neumeta_pipeline.errors import UserError
 from neumeta_pipeline.models.checkpoint import load_model
@@ -17,7 +15,7 @@ from neumeta_pipeline.neumeta.inr import inr_parameter_count
 from neumeta_pipeline.neumeta.morph import MorphSpec
 from neumeta_pipeline.neumeta.sample import load_inr
 from neumeta_pipeline.pipeline_registry import TASKS
-from tests.pipelines.conftest import make_project
+from tests.pipelines.conftest import make_project, run, versions
 
 VERSIONED = [
     "05_model_input/{t}/data_split.pt", "06_models/{t}/pretrained_model.pt", "08_reporting/{t}/pretrain_history.json",
@@ -30,20 +28,12 @@ VERSIONED = [
 ]
 
 
-def run(project: Path, pipeline: str, **kwargs) -> None:
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project) as session:
-        session.run(pipeline_names=[pipeline], **kwargs)
-
-
-def versions(path: Path) -> list[Path]:
-    """Saved versions of a versioned dataset: <path>/<timestamp>/<name>."""
-    return sorted(path.glob(f"*/{path.name}"))
-
-
 @pytest.mark.parametrize("task", TASKS)
-def test_task_runs_end_to_end_and_versions_every_artifact(project, task):
-    run(project, task)
+def test_task_runs_end_to_end_and_versions_every_artifact(request, task):
+    # The default task's run is the one its rerun tests and the notebook test share.
+    project = request.getfixturevalue("default_run" if task == "mnist_offline" else "project")
+    if task != "mnist_offline":
+        run(project, task)
     data = project / "data"
     for template in VERSIONED:
         assert len(versions(data / template.format(t=task))) == 1, template
@@ -66,9 +56,8 @@ def test_task_runs_end_to_end_and_versions_every_artifact(project, task):
     assert net(torch.randn(2, *shape)).shape[0] == 2
 
 
-def test_evaluate_reruns_alone_on_the_latest_versions(project):
-    task = "mnist_offline"
-    run(project, task)
+def test_evaluate_reruns_alone_on_the_latest_versions(default_run):
+    task, project = "mnist_offline", default_run
     data = project / "data"
     run(project, task, from_nodes=[f"{task}.evaluate"])
     assert len(versions(data / f"08_reporting/{task}/metrics.json")) == 2
@@ -76,9 +65,8 @@ def test_evaluate_reruns_alone_on_the_latest_versions(project):
     assert len(versions(data / f"06_models/{task}/pretrained_model.pt")) == 1
 
 
-def test_rerun_from_train_inr_uses_the_changed_parameters_and_refuses_a_stale_split(project):
-    task = "mnist_offline"
-    run(project, task)
+def test_rerun_from_train_inr_uses_the_changed_parameters_and_refuses_a_stale_split(default_run):
+    task, project = "mnist_offline", default_run
     path = project / "conf" / "base" / f"parameters_{task}.yml"
     original = path.read_text()
     # A split made with other data settings is never read: the rerun stops before training.
