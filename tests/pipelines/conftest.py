@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import shutil
 import tempfile
@@ -90,14 +91,24 @@ def versions(path: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def _default_task_run(tmp_path_factory) -> Path:
-    """One tiny run of the default task, made once per test process for the tests that read or
-    rerun its artifacts; each of them works on its own copy (``default_run``)."""
-    project = make_project(tmp_path_factory.mktemp("default_task_run"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(project)
-        patch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-        run(project, "mnist_offline")
+def _default_task_run(tmp_path_factory, worker_id) -> Path:
+    """One tiny run of the default task for the tests that read or rerun its artifacts; each of
+    them works on its own copy (``default_run``). pytest-xdist's workers share the run: the first
+    to need it makes it under a lock, the others wait for it and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # the workers' common folder
+    project = root / "default_task_run"
+    with open(root / "default_task_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (project / "finished").exists():
+            shutil.rmtree(project, ignore_errors=True)  # a run that failed half-way
+            project.mkdir()
+            make_project(project)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(project)
+                patch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+                run(project, "mnist_offline")
+            (project / "finished").touch()
     return project
 
 
@@ -107,7 +118,7 @@ def default_run(_default_task_run, tmp_path, monkeypatch) -> Path:
     tracking store: the run's own store names its artifact folder by absolute path, so a copy of
     it would log into the original's folder."""
     project = tmp_path / "project"
-    shutil.copytree(_default_task_run, project, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
+    shutil.copytree(_default_task_run, project, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "finished"))
     shutil.copy(_empty_tracking_store(), project / "mlflow.db")
     monkeypatch.chdir(project)
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
