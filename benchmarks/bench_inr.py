@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_inr.py [--device auto|cpu|cuda] [--steps N] [--threads N]
                                       [--warmup N] [--sample-repeats N] [--cases a,b,c,sample] [--seed S]
-                                      [--tensor-fraction F]
+                                      [--tensor-fraction F] [--unfused]
 
 Measured, all with random-init networks (no checkpoint or data set needed; timings do not depend
 on the weight values):
@@ -49,7 +49,7 @@ from neumeta_pipeline.neumeta.fuse import fuse_batchnorm  # noqa: E402
 from neumeta_pipeline.neumeta.inr import NeuMetaINR  # noqa: E402
 from neumeta_pipeline.neumeta.morph import MorphSpec  # noqa: E402
 from neumeta_pipeline.neumeta.sample import sample_model  # noqa: E402
-from neumeta_pipeline.neumeta.train import NeuMetaLoss, resolve_device, seed_everything  # noqa: E402
+from neumeta_pipeline.neumeta.train import NeuMetaLoss, fused_supported, resolve_device, seed_everything  # noqa: E402
 
 BATCH = 128
 PAPER_CIFAR_GPU_HOURS = 1.3
@@ -160,6 +160,7 @@ class Case:
         device: torch.device,
         seed: int,
         tensor_fraction: float | None = None,
+        fused: bool = True,
     ):
         params = load_params(task)
         model_p, morph_p, inr_p, train_p = params["model"], params["morph"], params["inr"], params["train_inr"]
@@ -185,7 +186,9 @@ class Case:
         # fit autocasts only the objective (forward); backward and the optimiser stay outside.
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         self.params = [p for p in self.inr.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=train_p["lr"], weight_decay=train_p.get("weight_decay", 0.0))
+        # As fit: fused optimiser kernels where they serve (--unfused: the per-tensor loop, for comparison).
+        self.fused = fused and fused_supported(self.params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=train_p["lr"], weight_decay=train_p.get("weight_decay", 0.0), fused=self.fused)
         self.grad_clip = train_p.get("grad_clip")
         ema_decay = train_p.get("ema_decay")
         self.ema = None
@@ -202,7 +205,7 @@ class Case:
             f"morphable {self.spec.full_widths}; INR F={inr_p['num_frequencies']} hidden={inr_p['hidden']} "
             f"depth={inr_p['depth']}; compression {morph['compression_range']}, noise {train_p['coord_noise']}, "
             f"recon {train_p['lambda_recon']}, reg {train_p['lambda_reg']}, clip {self.grad_clip}, EMA {ema_decay}, "
-            f"tensor_fraction {fraction}, {precision}"
+            f"tensor_fraction {fraction}, {precision}, {'fused' if self.fused else 'per-tensor'} AdamW"
         )
 
     def step(self) -> None:
@@ -212,7 +215,7 @@ class Case:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=self.fused)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update_parameters(self.inr)
@@ -269,6 +272,7 @@ def main() -> None:
     parser.add_argument("--tensor-fraction", type=float, default=None,
                         help="NeuMetaLoss tensor_fraction for the training cases (default: the config's, else 1.0)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unfused", action="store_true", help="AdamW and clipping as a Python loop over tensors (before fused kernels)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -294,7 +298,7 @@ def main() -> None:
     rows = []
     for key in (c for c in cases if c in CASES):
         label, task, override = CASES[key]
-        case = Case(key, label, task, override, device, args.seed, args.tensor_fraction)
+        case = Case(key, label, task, override, device, args.seed, args.tensor_fraction, not args.unfused)
         steps = DEFAULT_STEPS[kind][key] if args.steps is None else args.steps
         reset_peak_memory(device)
         with OtherLoad() as other:

@@ -89,6 +89,13 @@ def device_label(device: torch.device) -> str:
     return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
 
 
+def fused_supported(params: list[torch.Tensor]) -> bool:
+    """Whether the optimisers' fused kernels serve ``params``: one kernel over every tensor instead
+    of a Python loop of small ops per tensor. On the default task's INR (80 small tensors, 2-core
+    CPU) clipping and the AdamW step took 5.4 ms as that loop and 2.4 ms fused, of a ~40 ms step."""
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
 def fit(
     module: nn.Module,
     objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
@@ -109,10 +116,11 @@ def fit(
     replayed without training).
     """
     params = [p for p in module.parameters() if p.requires_grad]
+    fused = fused_supported(params)
     if config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     elif config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay, fused=fused)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'adamw' or 'sgd'")
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
@@ -156,7 +164,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=fused)
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -224,7 +232,8 @@ def fit_reconstruction(
     paper); starting from an INR that already reproduces the pretrained network lets a short run
     spend its steps on the narrower widths. Returns the loss every step.
     """
-    optimizer = torch.optim.Adam(inr.mlps.parameters(), lr=lr)
+    params = list(inr.mlps.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr, fused=fused_supported(params))
     full = inr.spec.widths(0.0)
     losses = []
     for _ in range(steps):
