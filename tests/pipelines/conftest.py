@@ -80,6 +80,7 @@ def project(tmp_path, monkeypatch) -> Path:
 
 
 def run(project: Path, pipeline: str, **kwargs) -> None:
+    """``kedro run`` of ``pipeline`` in this process (``kwargs``: from_nodes, to_nodes, ...)."""
     bootstrap_project(project)
     with KedroSession.create(project_path=project) as session:
         session.run(pipeline_names=[pipeline], **kwargs)
