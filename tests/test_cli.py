@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from click.testing import CliRunner
 from kedro.framework.cli.cli import KedroCLI
@@ -26,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from neumeta_pipeline.config import validate_task
 from neumeta_pipeline.pipeline_registry import TASKS
 from neumeta_pipeline.pipelines.compare import BASELINES
-from tests.pipelines.conftest import make_project
+from tests.pipelines.conftest import make_project, project  # noqa: F401  (fixture)
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 NODES = ["prepare_data", "pretrain", "extract_dependency_graph", "permute_weights", "fuse_batchnorm",
@@ -50,15 +49,6 @@ def kedro_here(project: Path, *args: str, expect: int = 0) -> tuple[str, BaseExc
     return result.output, result.exception
 
 
-@pytest.fixture
-def in_project(tmp_path, monkeypatch) -> Path:
-    """A copy of the project as the working directory, as when a user types a command in it."""
-    project = make_project(tmp_path)
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-    return project
-
-
 def mlflow_runs(project: Path) -> list:
     """Every run in the project's tracking store (conf/base/mlflow.yml)."""
     if not (project / "mlflow.db").exists():
@@ -67,8 +57,8 @@ def mlflow_runs(project: Path) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
-def test_registry_lists_every_task_with_its_baselines(in_project):
-    out, _ = kedro_here(in_project, "registry", "list")
+def test_registry_lists_every_task_with_its_baselines(project):  # noqa: F811
+    out, _ = kedro_here(project, "registry", "list")
     for task in (*TASKS, "__default__"):
         assert f"- {task}" in out
     for task in TASKS:
@@ -76,8 +66,7 @@ def test_registry_lists_every_task_with_its_baselines(in_project):
             assert f"- {task}_{suffix}" in out
 
 
-def test_viz_build_lists_every_node_of_every_task(in_project):
-    project = in_project
+def test_viz_build_lists_every_node_of_every_task(project):  # noqa: F811
     kedro_here(project, "viz", "build")
     api = project / "build" / "api"
     # api/main is kedro-viz's landing graph: the default pipeline (the offline MNIST task), with
@@ -94,8 +83,7 @@ def test_viz_build_lists_every_node_of_every_task(in_project):
         assert names == {f"{task}.{n}" for n in (*NODES, *COMPARE_NODES)}
 
 
-def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(in_project):
-    project = in_project
+def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(project):  # noqa: F811
     out = kedro(project, "run", "--pipeline=mnist_offline")
     assert "Add type hints" not in out  # MLflow's start-up warning is filtered (cli_hooks.py)
     # The result where the user looks: the accuracy table and the chart's file, from SummaryHook.
@@ -126,8 +114,7 @@ def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(in_projec
     assert sorted(data.glob("*/mnist_offline/*/*/")) == versions
 
 
-def test_a_run_configuration_file_carries_lists_into_the_parameters(in_project):
-    project = in_project
+def test_a_run_configuration_file_carries_lists_into_the_parameters(project):  # noqa: F811
     # The committed example, merged key by key: its lists replace the base values, the rest stays.
     runtime = yaml.safe_load((project / "conf/runs/wide_range.yml").read_text())["run"]["params"]
     bootstrap_project(project)

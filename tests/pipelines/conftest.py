@@ -71,12 +71,16 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     return root
 
 
+def work_in(project: Path, patch: pytest.MonkeyPatch) -> Path:
+    """``project`` as the working directory, as when a user types a command in it."""
+    patch.chdir(project)  # catalog paths are relative to the working directory
+    patch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    return project
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
-    make_project(tmp_path)
-    monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
-    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-    return tmp_path
+    return work_in(make_project(tmp_path), monkeypatch)
 
 
 def run(project: Path, pipeline: str, **kwargs) -> None:
@@ -106,9 +110,7 @@ def _default_task_run(tmp_path_factory, worker_id) -> Path:
             project.mkdir()
             make_project(project)
             with pytest.MonkeyPatch.context() as patch:
-                patch.chdir(project)
-                patch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-                run(project, "mnist_offline")
+                run(work_in(project, patch), "mnist_offline")
             (project / "finished").touch()
     return project
 
@@ -121,6 +123,4 @@ def default_run(_default_task_run, tmp_path, monkeypatch) -> Path:
     project = tmp_path / "project"
     shutil.copytree(_default_task_run, project, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "finished"))
     shutil.copy(_empty_tracking_store(), project / "mlflow.db")
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-    return project
+    return work_in(project, monkeypatch)
