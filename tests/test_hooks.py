@@ -1,6 +1,11 @@
-"""Run isolation: a run reads back its own versions even while another run writes newer ones."""
+"""Run isolation: a run reads back its own versions even while another run writes newer ones.
+Tracking: an install without MLflow says that it does not track, and runs."""
 
 from __future__ import annotations
+
+import logging
+import sys
+from types import SimpleNamespace
 
 import torch
 from kedro.framework.hooks import hook_impl
@@ -9,6 +14,7 @@ from kedro.framework.startup import bootstrap_project
 from kedro.io.core import Version
 
 from neumeta_pipeline.datasets import TorchCheckpointDataset
+from neumeta_pipeline.hooks import TrackingHook
 from neumeta_pipeline.neumeta.resume import content_hash
 from tests.pipelines.conftest import project  # noqa: F401  (fixture)
 
@@ -39,3 +45,19 @@ def test_a_run_reads_its_own_versions_while_another_run_writes_newer_ones(projec
     trained_on = torch.load(inr, weights_only=True)["trained_on"]["fused_model"]
     assert trained_on == content_hash(torch.load(own, weights_only=True))
     assert trained_on != content_hash(torch.load(folder / "fused_model.pt" / LATER / "fused_model.pt", weights_only=True))
+
+
+def test_without_mlflow_tracking_says_it_is_off_and_the_hooks_do_nothing(monkeypatch, caplog):
+    # A machine given only the core packages (a GPU machine without MLflow): kedro-mlflow put no
+    # configuration on the context, and `import mlflow` fails.
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    hook = TrackingHook()
+    with caplog.at_level(logging.WARNING, logger="neumeta_pipeline.hooks"):
+        hook.after_context_created(SimpleNamespace(params={"tracking": True}))
+    assert "kedro-mlflow is not installed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="neumeta_pipeline.hooks"):
+        hook.after_context_created(SimpleNamespace(params={"tracking": False}))
+    assert caplog.text == ""  # switched off on purpose: nothing to say
+    hook.before_pipeline_run({}, None, None)
+    hook.after_node_run(None, {f"{TASK}.accuracy_table": None})

@@ -131,17 +131,24 @@ class TrackingHook:
     def after_context_created(self, context) -> None:
         # kedro-mlflow's own hook has run (plugins are called first) and put its configuration on
         # the context; it only knows to skip named pipelines, so "off" names them all.
-        if context.params.get("tracking", True) is False and hasattr(context, "mlflow"):
+        tracking = context.params.get("tracking", True) is not False
+        if not hasattr(context, "mlflow"):
+            # kedro-mlflow is a dependency of the project, so this is an install that lacks it (a
+            # GPU machine given only the core packages, say): say so rather than track nothing quietly.
+            if tracking:
+                log.warning("tracking is on but kedro-mlflow is not installed, so this run is not tracked: "
+                            "install the project (`uv sync`) or set the parameter tracking: false")
+        elif not tracking:
             from kedro.framework.project import pipelines
 
             context.mlflow.tracking.disable_tracking.pipelines = sorted(pipelines)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        if _active_run() is None:
+            return
         import mlflow
 
-        if mlflow.active_run() is None:
-            return
         mlflow.set_tags({
             "tasks": ",".join(_tasks(pipeline)),
             "pipeline": ",".join(run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]),
@@ -150,10 +157,10 @@ class TrackingHook:
 
     @hook_impl
     def after_node_run(self, node, outputs: dict) -> None:
+        if _active_run() is None:
+            return
         import mlflow
 
-        if mlflow.active_run() is None:
-            return
         for name, value in outputs.items():
             if is_result_table(name):
                 mlflow.log_metrics(table_metrics(name, value))
@@ -165,10 +172,20 @@ def _fail_tracked_run() -> None:
     """kedro-mlflow opens its run before this project's checks and closes it in Kedro's
     on_pipeline_error, which an error raised before the first node bypasses: without this the run
     of a rejected configuration would end as FINISHED when the process exits."""
-    import mlflow
+    if _active_run() is not None:
+        import mlflow
 
-    if mlflow.active_run() is not None:
         mlflow.end_run("FAILED")
+
+
+def _active_run():
+    """The MLflow run kedro-mlflow opened for this `kedro run`, if any. Without MLflow installed
+    there is none (``after_context_created`` has said that tracking is off)."""
+    try:
+        import mlflow
+    except ModuleNotFoundError:
+        return None
+    return mlflow.active_run()
 
 
 def _git_commit(project_path) -> str:
