@@ -98,6 +98,14 @@ class MorphParams(_Section):
     generated: str | list[str] = "all"
     morphable: str | list[str] = "all"
     compression_range: tuple[float, float] = (0.0, 0.5)
+    batchnorm: Literal["fold", "keep"] = Field(
+        "fold",
+        description="fold BatchNorm into the layers the INR generates (the paper), or keep it: it normalises with batch "
+        "statistics in training, and each sampled width gets statistics estimated on training images",
+    )
+    calibration_images: int = Field(
+        512, ge=1, description="training images that estimate each width's BatchNorm statistics (batchnorm: keep)"
+    )
 
     @field_validator("compression_range")
     @classmethod

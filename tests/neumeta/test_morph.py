@@ -3,7 +3,7 @@ import torch
 
 from neumeta_pipeline.models import build_model
 from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
-from neumeta_pipeline.neumeta.morph import MorphSpec, resize
+from neumeta_pipeline.neumeta.morph import MorphSpec, batch_statistics, batchnorm_statistics, has_batchnorm, resize
 
 X_MNIST = torch.randn(4, 1, 28, 28)
 X_CIFAR = torch.randn(4, 3, 32, 32)
@@ -62,3 +62,39 @@ def test_spec_round_trips_through_a_plain_dict():
     _, spec = lenet_spec()
     again = MorphSpec.from_dict(spec.to_dict())
     assert again.tensors == spec.tensors and again.full_widths == spec.full_widths and again.norm == spec.norm
+
+
+# -- BatchNorm kept (morph.batchnorm: keep) ---------------------------------------------
+
+
+def conv_bn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+
+
+def test_batchnorm_statistics_are_the_images_own_and_change_nothing():
+    model = conv_bn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = torch.randn(4, 3, 3, 3)  # a "generated" weight that differs from the model's own
+    with torch.no_grad():
+        features = torch.nn.functional.conv2d(X_CIFAR, weight, model[0].bias)
+    stats = batchnorm_statistics(model, {"0.weight": weight}, X_CIFAR, batch_size=len(X_CIFAR))
+    torch.testing.assert_close(stats["1.running_mean"], features.mean((0, 2, 3)))
+    torch.testing.assert_close(stats["1.running_var"], features.var((0, 2, 3), unbiased=True))
+    assert not model.training and model[1].momentum == 0.1  # modes restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing written
+    # Several batches: the exact average of the batches' statistics, not a running blend.
+    halves = [batchnorm_statistics(model, {"0.weight": weight}, half)["1.running_mean"] for half in X_CIFAR.split(2)]
+    split = batchnorm_statistics(model, {"0.weight": weight}, X_CIFAR, batch_size=2)
+    torch.testing.assert_close(split["1.running_mean"], (halves[0] + halves[1]) / 2)
+
+
+def test_batch_statistics_normalise_each_batch_and_leave_the_running_ones():
+    model = conv_bn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad(), batch_statistics(model):
+        out = model[1](model[0](X_CIFAR))
+    assert out.mean((0, 2, 3)).abs().max() < 1e-5  # normalised with this batch's mean
+    assert not model.training and model[1].track_running_stats
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert has_batchnorm(model) and not has_batchnorm(fuse_batchnorm(model))

@@ -178,7 +178,7 @@ def resnet20():
 def test_permute_then_fuse_keeps_the_function_and_reports_the_fused_tv(resnet20, objective):
     pretrained, dependency_graph = resnet20
     permuted, report = nodes.permute_weights(pretrained, dependency_graph, {"solver": "two_opt", "objective": objective})
-    fused = load_model(nodes.fuse_batchnorm(permuted))
+    fused = load_model(nodes.fuse_batchnorm(permuted, {}))
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert relative_error(load_model(pretrained)(x), fused(x)) <= 1e-5
@@ -196,3 +196,37 @@ def test_disabled_permutation_reports_both_tvs_unchanged(resnet20):
     assert report["tv_before"] == report["tv_after"] and report["tv_fused_before"] == report["tv_fused_after"]
     assert report["tv_fused_before"] != report["tv_before"]  # BN statistics count in the raw TV only
     assert all(torch.equal(permuted["state_dict"][k], v) for k, v in pretrained["state_dict"].items())
+
+
+# -- BatchNorm kept (morph.batchnorm: keep) ----------------------------------------------
+
+
+def test_kept_batchnorm_samples_networks_with_statistics_estimated_at_their_width(resnet20, workdir):
+    pretrained, _ = resnet20
+    keep = {"generated": ["layer3.*.conv*"], "morphable": ["layer3.*.conv1"], "batchnorm": "keep", "calibration_images": 24}
+    kept = nodes.fuse_batchnorm(pretrained, keep)
+    assert kept["fused"] is False and all(torch.equal(kept["state_dict"][k], v) for k, v in pretrained["state_dict"].items())
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 10
+    arrays = {"x_train": rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), "y_train": labels}
+    splits = make_splits(arrays, 0.25, 0.25, seed=0)
+    checkpoint, _ = nodes.train_inr(kept, splits, keep, INR, {**TRAIN, "epochs": 1}, 0, "cpu", TASK)
+    assert checkpoint["calibration_images"] == 24
+    sampled = nodes.sample_weights(checkpoint, kept, splits, {"compressions": [0.0, 0.5], "samples": 1})
+    half = sampled["0.5"]
+    net = load_model(half)  # a standalone network with BatchNorm at half the inner width of layer3
+    assert net.layer3[0].bn1.num_features == 32 and not half["fused"]
+    # Its statistics are those of the first calibration images through its own weights, as the
+    # validation during training estimates them.
+    images = nodes.DeviceData(splits, "train", torch.device("cpu")).x[:24]
+    again = load_model(half)
+    again.train()
+    for m in again.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        again(images)
+    for name in ("layer3.0.bn1.running_mean", "layer3.2.bn2.running_var", "layer2.1.bn1.running_var"):
+        torch.testing.assert_close(half["state_dict"][name], again.state_dict()[name])
+    assert not torch.allclose(half["state_dict"]["layer3.0.bn2.running_var"], pretrained["state_dict"]["layer3.0.bn2.running_var"])

@@ -10,6 +10,7 @@ any traceable network can be run at any width through ``torch.func.functional_ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import math
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .graph import ChannelGroup, channel_groups, channel_index
 
@@ -279,3 +281,55 @@ def _select(candidates: list[str], patterns: str | list[str], what: str, kind: s
             raise ValueError(f"{what}: {pattern!r} matches none of the {kind}: {', '.join(candidates) or '(none)'}")
         chosen.extend(h for h in hits if h not in chosen)
     return [c for c in candidates if c in chosen]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` keeps BatchNorm layers with running statistics (not folded)."""
+    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module):
+    """Within: every BatchNorm of ``model`` normalises with the statistics of the batch it sees, as
+    in training, and writes nothing (its running statistics belong to the pretrained widths)."""
+    layers = [(m, m.training, m.track_running_stats) for m in model.modules() if isinstance(m, _BatchNorm)]
+    try:
+        for m, _, _ in layers:
+            m.train()
+            m.track_running_stats = False
+        yield model
+    finally:
+        for m, training, track in layers:
+            m.train(training)
+            m.track_running_stats = track
+
+
+@torch.no_grad()
+def batchnorm_statistics(
+    model: nn.Module, tensors: dict[str, torch.Tensor], images: torch.Tensor, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Running statistics of every BatchNorm of ``model`` run with ``tensors`` (state-dict names,
+    as ``functional_call`` takes them; the model's own for the others), estimated afresh on
+    ``images``: the exact average over the batches. A network whose generated weights differ from
+    the pretrained ones needs its own statistics at every width. Neither ``model`` nor ``tensors``
+    is changed; returns new running_mean, running_var and num_batches_tracked tensors."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats}
+    own = named_tensors(model)
+    fresh = {}
+    for name in layers:
+        mean = tensors.get(f"{name}.running_mean", own[f"{name}.running_mean"])
+        fresh[f"{name}.running_mean"] = torch.zeros_like(mean)
+        fresh[f"{name}.running_var"] = torch.ones_like(mean)
+        fresh[f"{name}.num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=mean.device)
+    saved = [(m, m.training, m.momentum) for m in layers.values()]
+    try:
+        for m in layers.values():
+            m.train()
+            m.momentum = None  # cumulative average: every batch counts the same
+        for batch in images.split(batch_size):
+            functional_call(model, {**tensors, **fresh}, (batch,))
+    finally:
+        for m, training, momentum in saved:
+            m.train(training)
+            m.momentum = momentum
+    return fresh

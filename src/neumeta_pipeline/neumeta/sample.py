@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .inr import NeuMetaINR
-from .morph import MorphSpec, resize
+from .morph import MorphSpec, batchnorm_statistics, named_tensors, resize
 
 
 @torch.no_grad()
@@ -18,8 +18,10 @@ def sample_model(
     samples: int,
     noise: float,
     seed: int,
+    calibration: torch.Tensor | None = None,
 ) -> nn.Module:
-    """The network at ``widths`` with the INR's weights averaged over ``samples`` noisy coordinates."""
+    """The network at ``widths`` with the INR's weights averaged over ``samples`` noisy coordinates;
+    with ``calibration`` images, its BatchNorm statistics are estimated on them."""
     if samples < 1:
         raise ValueError(f"samples (K) must be >= 1, got {samples}")
     generator = torch.Generator().manual_seed(seed)
@@ -31,6 +33,8 @@ def sample_model(
             raise RuntimeError(f"generated {name} has shape {tuple(value.shape)}, the network expects {tuple(state[name].shape)}")
         state[name] = value
     model.load_state_dict(state)
+    if calibration is not None:
+        model.load_state_dict({**state, **batchnorm_statistics(model, named_tensors(model), calibration)})
     return model.eval()
 
 

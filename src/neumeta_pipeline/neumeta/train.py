@@ -8,6 +8,7 @@ What differs between tasks is the ``objective``: a function from a batch to a lo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from ..data import DeviceData
 from ..errors import UserError
 from .inr import NeuMetaINR
-from .morph import MorphSpec, slice_channels
+from .morph import MorphSpec, batch_statistics, slice_channels
 from .resume import ResumeFile
 
 log = logging.getLogger(__name__)
@@ -261,6 +262,8 @@ class NeuMetaLoss:
 
     ``active`` (block-wise training) limits the INR to a subset of the generated tensors: the
     others keep the reference weights, and only the channel groups the active tensors touch morph.
+    ``batch_stats``: the target keeps its BatchNorm layers, which then normalise the generated
+    networks with each batch's statistics (the distillation teacher keeps the pretrained ones).
     """
 
     inr: NeuMetaINR
@@ -277,6 +280,7 @@ class NeuMetaLoss:
     lambda_kd: float = 0.0
     kd_temperature: float = 1.0
     active: set[str] | None = None
+    batch_stats: bool = False  # the target keeps BatchNorm: generated networks normalise with batch statistics
 
     def __post_init__(self) -> None:
         if self.width_sampling not in WIDTH_SAMPLING:
@@ -336,7 +340,8 @@ class NeuMetaLoss:
         full = None
         for widths in configurations:
             raw, weights = self.weights(self.inr, widths, self.coord_noise, generator=self.generator, trained=trained)
-            logits = self.spec.run(self.target, widths, weights, x)
+            with batch_statistics(self.target) if self.batch_stats else contextlib.nullcontext():
+                logits = self.spec.run(self.target, widths, weights, x)
             task = task + F.cross_entropy(logits, y) / len(configurations)
             if teacher is not None and widths != self.full:
                 student = F.log_softmax(logits / self.kd_temperature, dim=-1)

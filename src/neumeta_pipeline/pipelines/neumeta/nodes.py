@@ -33,7 +33,14 @@ from ...neumeta import fuse, graph, permute
 from ...neumeta.export import export_onnx as onnx_export
 from ...neumeta.inr import NeuMetaINR
 from ...neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs, weight_norm
-from ...neumeta.morph import MorphSpec, blocks, generated_modules, shared_parameters
+from ...neumeta.morph import (
+    MorphSpec,
+    batchnorm_statistics,
+    blocks,
+    generated_modules,
+    has_batchnorm,
+    shared_parameters,
+)
 from ...neumeta.resume import ResumeFile, content_hash
 from ...neumeta.sample import load_inr, sample_model
 from ...neumeta.train import (
@@ -113,8 +120,12 @@ def permute_weights(pretrained_model: dict, dependency_graph: dict, permute_para
     return model_checkpoint(permuted, pretrained_model["arch"]), {"enabled": True, **report}
 
 
-def fuse_batchnorm(permuted_model: dict) -> dict:
-    """Fold every BatchNorm into the layer before it, so only conv/linear tensors are generated."""
+def fuse_batchnorm(permuted_model: dict, morph: dict) -> dict:
+    """Fold every BatchNorm into the layer before it, so only conv/linear tensors are generated
+    (``morph.batchnorm: fold``); with ``keep`` the network goes on unchanged, BatchNorm included."""
+    if MorphParams.model_validate(morph).batchnorm == "keep":
+        log.info("batchnorm: keep, so BatchNorm is not folded: the INR generates the layers before it")
+        return model_checkpoint(load_model(permuted_model), permuted_model["arch"], fused=False)
     fused = fuse.fuse_batchnorm(load_model(permuted_model))
     return model_checkpoint(fused, permuted_model["arch"], fused=True)
 
@@ -142,12 +153,18 @@ def train_inr(
         "branch_scale": generated_modules(spec, inr_p.branch_scale, "branch_scale"),
     }
     hyper = NeuMetaINR(spec, **options, reference=target.state_dict()).to(dev)
+    # A network that keeps BatchNorm (batchnorm: keep) trains with batch statistics, and is scored
+    # with statistics estimated at each width (the pretrained ones do not fit generated weights). A
+    # folded network's BatchNorm that had no layer to fold into keeps its pretrained statistics.
+    keeps_batchnorm = not fused_model["fused"] and has_batchnorm(target)
     loss = NeuMetaLoss(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
         train_p.lambda_recon, train_p.lambda_reg, generator, train_p.tensor_fraction,
         train_p.width_sampling, train_p.widths_per_step, train_p.lambda_kd, train_p.kd_temperature,
+        batch_stats=keeps_batchnorm,
     )
     train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
+    calibration = train.x[: morph_p.calibration_images] if keeps_batchnorm else None
 
     def validate(module: NeuMetaINR) -> float:
         # Mean validation accuracy over a few seen widths (of the blocks trained so far). K = 1
@@ -158,6 +175,9 @@ def train_inr(
         for gamma in train_p.validation_compressions:
             widths = loss.restrict(spec.widths(gamma))
             _, weights = loss.weights(module, widths, train_p.validation_noise, train_p.validation_samples, noise)
+            if calibration is not None:
+                tensors = {**spec.frozen_tensors(target, widths), **weights}
+                weights = {**weights, **batchnorm_statistics(target, tensors, calibration)}
             scores.append(accuracy(lambda x: spec.run(target, widths, weights, x), val))
         return sum(scores) / len(scores)
 
@@ -215,6 +235,8 @@ def train_inr(
         "best_epoch": result.best_epoch,
         "generated_parameters": sum(math.prod(t.full_shape) for t in spec.tensors),
         "inr_parameters": sum(p.numel() for p in hyper.parameters()),
+        # Training images that estimate a sampled width's BatchNorm statistics (none: folded).
+        "calibration_images": morph_p.calibration_images if keeps_batchnorm else None,
         "trained_on": inputs,  # content hashes: which fused model and split this INR was fitted to
     }
     history = {
@@ -232,17 +254,20 @@ def _blocks_text(blocks: list[list[str]]) -> str:
     return ", ".join("+".join(block) for block in blocks)
 
 
-def sample_weights(inr_checkpoint: dict, fused_model: dict, sample: dict) -> dict:
-    """A standalone network per requested compression, from K-sample averaged INR weights."""
+def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample: dict) -> dict:
+    """A standalone network per requested compression, from K-sample averaged INR weights (and,
+    where BatchNorm was kept, statistics estimated on the training images the INR was scored with)."""
     params = SampleParams.model_validate(sample)
     hyper = load_inr(inr_checkpoint)
     target = load_model(fused_model)
+    count = inr_checkpoint.get("calibration_images")
+    calibration = DeviceData(splits, "train", torch.device("cpu")).x[:count] if count else None
     models = {}
     for gamma in params.compressions:
         widths = hyper.spec.widths(gamma)
-        net = sample_model(hyper, target, widths, params.samples, params.noise, params.seed)
+        net = sample_model(hyper, target, widths, params.samples, params.noise, params.seed, calibration)
         models[f"{gamma:g}"] = model_checkpoint(
-            net, fused_model["arch"], fused=True, widths=widths, compression=gamma, samples=params.samples
+            net, fused_model["arch"], fused=fused_model.get("fused", True), widths=widths, compression=gamma, samples=params.samples
         )
     return models
 

@@ -37,14 +37,16 @@ def _template(task: str) -> Pipeline:
                 ["permuted_model", "permutation_report"],
                 name="permute_weights",
             ),
-            node(nodes.fuse_batchnorm, "permuted_model", "fused_model", name="fuse_batchnorm"),
+            node(nodes.fuse_batchnorm, ["permuted_model", "params:morph"], "fused_model", name="fuse_batchnorm"),
             node(
                 _bind_task(nodes.train_inr, task),
                 ["fused_model", "splits", "params:morph", "params:inr", "params:train_inr", "params:seed", "params:device"],
                 ["inr_checkpoint", "inr_history"],
                 name="train_inr",
             ),
-            node(nodes.sample_weights, ["inr_checkpoint", "fused_model", "params:sample"], "sampled_models", name="sample_weights"),
+            node(
+                nodes.sample_weights, ["inr_checkpoint", "fused_model", "splits", "params:sample"], "sampled_models", name="sample_weights"
+            ),
             node(nodes.export_onnx, ["sampled_models", "params:export"], ["onnx_model", "onnx_report"], name="export_onnx"),
             node(
                 _bind_task(nodes.evaluate, task),
