@@ -80,7 +80,7 @@ class FitParams(_Section):
 
 class PermuteParams(_Section):
     enabled: bool = True
-    solver: Literal[SOLVERS_TSP] = "local_search"  # type: ignore[valid-type]
+    solver: Literal[SOLVERS_TSP] = "auto"  # type: ignore[valid-type]
     time_limit: float | None = Field(None, gt=0.0, description="seconds per group; None is deterministic")
     seed: int = 0
     objective: Literal[OBJECTIVES] = Field(  # type: ignore[valid-type]

@@ -15,6 +15,7 @@ from neumeta_pipeline.models import build_model
 from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
 from neumeta_pipeline.neumeta.graph import channel_groups
 from neumeta_pipeline.neumeta.permute import (
+    AUTO_LOCAL_SEARCH,
     SOLVERS,
     _path_cost,
     apply_permutation,
@@ -22,6 +23,7 @@ from neumeta_pipeline.neumeta.permute import (
     group_total_variation,
     smooth,
     solve_path,
+    solver_for,
     total_variation,
 )
 from tests.neumeta.conftest import HEAVY_MODELS, LIGHT_MODELS, relative_error, run
@@ -99,7 +101,7 @@ def test_smooth_lowers_tv_below_identity_and_random_orders(surgery_zoo, smoothed
     for entry in report["groups"]:
         assert entry["tv_after"] <= entry["tv_before"] + 1e-9
         assert set(entry) == {"group", "channels", "tv_before", "tv_after", "tv_fused_before", "tv_fused_after",
-                              "seconds", "permuted", "reason"}
+                              "seconds", "permuted", "solver", "reason"}
     assert set(report) == {"groups", "objective", "tv_before", "tv_after", "tv_fused_before", "tv_fused_after",
                            "seconds", "solver", "seed"}
     assert report["objective"] == "raw"
@@ -285,3 +287,18 @@ def test_a_spent_time_limit_still_returns_a_valid_order(solver):
     d = np.abs(pts[:, None] - pts[None]).sum(-1)
     order = solve_path(d, solver, seed=0, time_limit=0.0)
     assert sorted(order.tolist()) == list(range(30))
+
+
+def test_auto_solver_orders_small_groups_with_python_tsp_and_large_ones_with_two_opt():
+    assert solver_for("auto", AUTO_LOCAL_SEARCH) == "local_search" and solver_for("auto", AUTO_LOCAL_SEARCH + 1) == "two_opt"
+    assert solver_for("simulated_annealing", 4096) == "simulated_annealing"  # a named solver is kept
+    with pytest.raises(ValueError, match="unknown solver 'lkh'"):
+        solver_for("lkh", 10)
+    torch.manual_seed(0)
+    model = build_model("lenet", width=64).eval()  # groups of 64, 128 and 256 channels
+    permuted, report = smooth(model, torch.randn(1, 1, 28, 28))
+    used = {e["channels"]: e["solver"] for e in report["groups"] if e["channels"] > 10}
+    assert used == {64: "local_search", 128: "local_search", 256: "two_opt"}
+    assert report["solver"] == "auto" and report["tv_after"] < report["tv_before"]
+    x = torch.randn(3, 1, 28, 28)
+    assert relative_error(run(model, x), run(permuted, x)) <= 1e-5
