@@ -15,7 +15,7 @@ from neumeta_pipeline.neumeta.inr import inr_parameter_count
 from neumeta_pipeline.neumeta.morph import MorphSpec
 from neumeta_pipeline.neumeta.sample import load_inr
 from neumeta_pipeline.pipeline_registry import TASKS
-from tests.pipelines.conftest import make_project, run, versions
+from tests.pipelines.conftest import make_project, run, versions, work_in
 
 VERSIONED = [
     "05_model_input/{t}/data_split.pt", "06_models/{t}/pretrained_model.pt", "08_reporting/{t}/pretrain_history.json",
@@ -85,9 +85,7 @@ def test_rerun_from_train_inr_uses_the_changed_parameters_and_refuses_a_stale_sp
 
 def test_mnist_offline_per_kind_layout_round_trips_through_the_checkpoint(tmp_path, monkeypatch):
     task = "mnist_offline"
-    make_project(tmp_path, {task: {"inr": {"layout": "per_kind"}}})
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    work_in(make_project(tmp_path, {task: {"inr": {"layout": "per_kind"}}}), monkeypatch)
     run(tmp_path, task, to_nodes=[f"{task}.sample_weights"])
     checkpoint = torch.load(versions(tmp_path / f"data/06_models/{task}/inr_checkpoint.pt")[0], weights_only=True)
     assert checkpoint["inr_config"]["layout"] == "per_kind"

@@ -314,10 +314,9 @@ def batchnorm_statistics(
     the pretrained ones needs its own statistics at every width. Neither ``model`` nor ``tensors``
     is changed; returns new running_mean, running_var and num_batches_tracked tensors."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats}
-    own = named_tensors(model)
     fresh = {}
-    for name in layers:
-        mean = tensors.get(f"{name}.running_mean", own[f"{name}.running_mean"])
+    for name, layer in layers.items():
+        mean = tensors.get(f"{name}.running_mean", layer.running_mean)
         fresh[f"{name}.running_mean"] = torch.zeros_like(mean)
         fresh[f"{name}.running_var"] = torch.ones_like(mean)
         fresh[f"{name}.num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=mean.device)

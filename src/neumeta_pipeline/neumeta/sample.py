@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .inr import NeuMetaINR
-from .morph import MorphSpec, batchnorm_statistics, named_tensors, resize
+from .morph import MorphSpec, batchnorm_statistics, resize
 
 
 @torch.no_grad()
@@ -32,9 +32,9 @@ def sample_model(
         if state[name].shape != value.shape:
             raise RuntimeError(f"generated {name} has shape {tuple(value.shape)}, the network expects {tuple(state[name].shape)}")
         state[name] = value
-    model.load_state_dict(state)
     if calibration is not None:
-        model.load_state_dict({**state, **batchnorm_statistics(model, named_tensors(model), calibration)})
+        state.update(batchnorm_statistics(model, state, calibration))
+    model.load_state_dict(state)
     return model.eval()
 
 
