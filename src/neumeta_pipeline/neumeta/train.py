@@ -23,8 +23,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..data import DeviceData
 from ..errors import UserError
+from .distributed import rank_and_world
 from .inr import NeuMetaINR
 from .morph import MorphSpec, batch_statistics, slice_channels
 from .resume import ResumeFile
@@ -100,13 +100,15 @@ def fused_supported(params: list[torch.Tensor]) -> bool:
 def fit(
     module: nn.Module,
     objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
-    train: DeviceData,
+    train,
     validate: Callable[[nn.Module], float],
     config: FitConfig,
     generator: torch.Generator,
     desc: str = "train",
     resume: ResumeFile | None = None,
     finish: bool = True,
+    extra_generators: tuple[torch.Generator, ...] = (),
+    partial_steps: bool = False,
 ) -> FitResult:
     """Train ``module``'s parameters on ``objective``; return the copy with the best validation score.
 
@@ -115,7 +117,16 @@ def fit(
     configuration is continued, giving the same result as an uninterrupted run; the file is
     removed at the end unless ``finish`` is false (a stage of a longer run: a completed state is
     replayed without training).
+
+    ``train`` is a split with ``len`` and ``batches`` (``data.DeviceData`` or ``data.FolderData``).
+    ``extra_generators``: other random streams the objective draws from, saved and restored with
+    the run. ``partial_steps``: some parameters may get no gradient in a step (a tensor subset,
+    block-wise stages), which a distributed run must look for. In a distributed run (an initialised process group) every rank takes its share of each
+    global batch, ``DistributedDataParallel`` averages the gradients, and only rank 0 validates,
+    shows progress and saves the resume state (with every rank's random streams); ``resume`` is
+    given to rank 0 alone and its state reaches the others by broadcast.
     """
+    rank, world = rank_and_world()
     params = [p for p in module.parameters() if p.requires_grad]
     fused = fused_supported(params)
     if config.optimizer == "adamw":
@@ -147,21 +158,34 @@ def fit(
     best_state, best_score, best_epoch, first_epoch = None, -math.inf, -1, 0
     stateful = {"module": module, "optimizer": optimizer, "scheduler": scheduler, **({"ema": ema} if ema else {})}
     state = resume.load() if resume is not None else None
+    if world > 1:
+        box = [state]
+        torch.distributed.broadcast_object_list(box, src=0)
+        state = box[0]
     if state is not None:
         for name, obj in stateful.items():
             obj.load_state_dict(state[name])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        streams = state if rank == 0 else state["other_ranks"][rank - 1]
+        generator.set_state(streams["generator"])
+        for extra, saved in zip(extra_generators, streams.get("extra_generators", []), strict=True):
+            extra.set_state(saved)
+        torch.set_rng_state(streams["torch_rng"])
         history, best_state = state["history"], state["best_state"]
         best_score, best_epoch, first_epoch = state["best_score"], state["best_epoch"], state["epoch"]
-        log.info("resuming %s from epoch %d of %d (%s)", desc, first_epoch, config.epochs, resume.path)
-    bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc=desc, disable=not config.progress, leave=False)
+        if resume is not None:
+            log.info("resuming %s from epoch %d of %d (%s)", desc, first_epoch, config.epochs, resume.path)
+    step = objective
+    if world > 1:
+        # DDP hooks the gradients of the parameters it wraps; the objective closes over the module,
+        # so it is wrapped with it.
+        step = nn.parallel.DistributedDataParallel(_Objective(module, objective), find_unused_parameters=partial_steps)
+    bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc=desc, disable=not config.progress or rank > 0, leave=False)
     for epoch in range(first_epoch, config.epochs):
         module.train()
         start, losses = time.perf_counter(), []
-        for x, y in train.batches(config.batch_size, generator, config.augment):
+        for x, y in train.batches(config.batch_size, generator, config.augment, shard=(rank, world)):
             with autocast:
-                loss, _ = objective(x, y)
+                loss, _ = step(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -172,10 +196,23 @@ def fit(
                 ema.update_parameters(module)
             losses.append(loss.detach())
             bar.update()
+        train_loss = torch.stack(losses).mean()
+        if world > 1:
+            torch.distributed.all_reduce(train_loss)  # the mean over ranks: the global batches' loss
+            train_loss /= world
+        train_loss = float(train_loss)
+        streams = {"generator": generator.get_state(), "extra_generators": [g.get_state() for g in extra_generators],
+                   "torch_rng": torch.get_rng_state()}
+        other_ranks = []
+        if world > 1:
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, streams)
+            other_ranks = gathered[1:]
+        if rank > 0:
+            continue  # rank 0 alone scores, selects and saves
         scored.eval()
         with torch.no_grad():
             score = float(validate(scored))
-        train_loss = float(torch.stack(losses).mean())
         history.append(
             {
                 "epoch": epoch + 1,
@@ -194,8 +231,8 @@ def fit(
                 {
                     **{name: obj.state_dict() for name, obj in stateful.items()},
                     "epoch": epoch + 1,
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
+                    **streams,
+                    **({"other_ranks": other_ranks} if other_ranks else {}),
                     "history": history,
                     "best_state": best_state,
                     "best_score": best_score,
@@ -206,9 +243,21 @@ def fit(
     if resume is not None and finish:
         resume.finish()
     best = copy.deepcopy(scored)
-    best.load_state_dict(best_state)
+    if best_state is not None:  # None on ranks other than 0, which never select
+        best.load_state_dict(best_state)
     best.eval()
     return FitResult(best=best, history=history, best_epoch=best_epoch, best_score=best_score, resumed_from=first_epoch)
+
+
+class _Objective(nn.Module):
+    """A module whose forward is the objective, so DistributedDataParallel can wrap a training step."""
+
+    def __init__(self, module: nn.Module, objective: Callable) -> None:
+        super().__init__()
+        self.module, self.objective = module, objective
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self.objective(x, y)
 
 
 def classification_objective(model: nn.Module) -> Callable:

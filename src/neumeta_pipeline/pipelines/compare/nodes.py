@@ -22,7 +22,7 @@ from ...baselines.distill import distillation_objective
 from ...baselines.pruning import NEEDS_GRADIENTS, prune_channels
 from ...baselines.slimmable import SlimmableNetwork, slimmable_objective
 from ...config import BaselineParams, EvaluateParams, FitParams, ModelParams, MorphParams, SimilarityParams
-from ...data import DeviceData
+from ...data import split_data
 from ...models import build_model
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta.fuse import fuse_batchnorm
@@ -31,17 +31,24 @@ from ...neumeta.metrics import accuracy, count_params_and_macs, features_and_log
 from ...neumeta.morph import MorphSpec
 from ...neumeta.resume import content_hash
 from ...neumeta.train import classification_objective, device_label, fit, resolve_device, seed_everything
-from ..neumeta.nodes import check_labels, fit_config, result_row, resume_file
+from ..neumeta.nodes import _distributed, check_labels, first_images, fit_config, pretrain_recipe, result_row, resume_file
 
 log = logging.getLogger(__name__)
 
 
 def train_individual(
-    splits: dict, model: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+    splits: dict, model: dict, pretrain: dict, morph: dict, baselines: dict, distributed: dict | None, seed: int, device: str,
+    task: str,
 ) -> tuple[dict, dict]:
     """One network per width, trained from scratch with the pretraining recipe and seed."""
+    return _distributed(distributed, task, "individual", _train_individual, splits, model, pretrain, morph, baselines, seed, device, task)
+
+
+def _train_individual(
+    splits: dict, model: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+) -> tuple[dict, dict]:
     arch, widths, params, dev = _setup(model, morph, baselines, device)
-    recipe, inputs = FitParams.model_validate(pretrain), {"splits": content_hash(splits)}
+    recipe, inputs = pretrain_recipe(pretrain), {"splits": content_hash(splits)}
     models, runs = {}, {}
     for gamma, w in widths.items():
         generator = seed_everything(seed)
@@ -57,24 +64,31 @@ def train_individual(
 
 
 def train_slimmable(
-    splits: dict, model: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+    splits: dict, model: dict, pretrain: dict, morph: dict, baselines: dict, distributed: dict | None, seed: int, device: str,
+    task: str,
 ) -> tuple[dict, dict]:
     """One Slimmable network (shared weights, switchable BatchNorm) trained on every seen width at
     once, then cut out at every compared width, the unseen ones included."""
+    return _distributed(distributed, task, "slimmable", _train_slimmable, splits, model, pretrain, morph, baselines, seed, device, task)
+
+
+def _train_slimmable(
+    splits: dict, model: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+) -> tuple[dict, dict]:
     arch, widths, params, dev = _setup(model, morph, baselines, device)
     generator = seed_everything(seed)
     base = build_model(arch["name"], **arch["kwargs"])
     trained = list(_widths(arch, morph, params.slimmable_compressions).values())
     net = SlimmableNetwork(base, channel_groups(base, example_input(arch)), trained).to(dev)
     check_labels(splits, base, example_input(arch).to(dev))
-    val = DeviceData(splits, "val", dev)
+    val = split_data(splits, "val", dev)
 
     def validate(module: SlimmableNetwork) -> float:
         return sum(accuracy(lambda x, i=i: module(x, i), val) for i in range(len(trained))) / len(trained)
 
-    recipe = FitParams.model_validate(pretrain)
+    recipe = pretrain_recipe(pretrain)
     with resume_file(recipe, task, "slimmable", seed, dev, {"model": arch, "widths": trained}, {"splits": content_hash(splits)}) as resume:
-        result = fit(net, slimmable_objective(net), DeviceData(splits, "train", dev), validate, fit_config(recipe), generator,
+        result = fit(net, slimmable_objective(net), split_data(splits, "train", dev), validate, fit_config(recipe), generator,
                      "slimmable", resume)
     log.info("slimmable: mean validation accuracy over trained widths %.4f", result.best_score)
     best = result.best.cpu()
@@ -96,9 +110,9 @@ def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baseline
     net = load_model(pretrained_model)
     groups = channel_groups(net, example_input(arch))
     # Calibration images come from the training split (normalised like every input), never the test set.
-    train = DeviceData(splits, "train", "cpu")
+    train = split_data(splits, "train", "cpu")
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: params.calibration_images]
-    images, labels = train.x[pick], train.y[pick]
+    images, labels = train.take(pick)
     models, seconds = {}, {}
     for importance in params.pruning_importances:
         start = time.perf_counter()
@@ -113,16 +127,25 @@ def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baseline
 
 
 def train_distilled(
-    pretrained_model: dict, splits: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+    pretrained_model: dict, splits: dict, pretrain: dict, morph: dict, baselines: dict, distributed: dict | None, seed: int,
+    device: str, task: str,
 ) -> tuple[dict, dict]:
     """Each narrower width trained from scratch to match the pretrained network's outputs
     (knowledge distillation); the full width is the teacher itself."""
+    return _distributed(
+        distributed, task, "distilled", _train_distilled, pretrained_model, splits, pretrain, morph, baselines, seed, device, task
+    )
+
+
+def _train_distilled(
+    pretrained_model: dict, splits: dict, pretrain: dict, morph: dict, baselines: dict, seed: int, device: str, task: str
+) -> tuple[dict, dict]:
     arch = pretrained_model["arch"]
     _, widths, params, dev = _setup(arch, morph, baselines, device)
     teacher = load_model(pretrained_model).to(dev)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    recipe = FitParams.model_validate(pretrain)
+    recipe = pretrain_recipe(pretrain)
     inputs = {"pretrained_model": content_hash(pretrained_model), "splits": content_hash(splits)}
     models, runs = {}, {}
     for gamma, w in widths.items():
@@ -149,7 +172,7 @@ def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, ev
     arch = ModelParams.model_validate(model).model_dump()
     x0 = example_input(arch)
     base_params, base_macs = count_params_and_macs(fuse_batchnorm(build_model(arch["name"], **arch["kwargs"]).eval()), x0)
-    test = DeviceData(splits, "test", "cpu")
+    test = split_data(splits, "test", "cpu")
     rows = []
     for method, by_width in models.items():
         seconds = history["seconds"][method]
@@ -225,8 +248,7 @@ def analyse_similarity(
     NeuMeta, individually trained and distilled networks (the distilled family's full width is
     its teacher)."""
     params, sim = BaselineParams.model_validate(baselines), SimilarityParams.model_validate(similarity)
-    test = DeviceData(splits, "test", "cpu")
-    images = test.x[: sim.images]
+    images = first_images(split_data(splits, "test", "cpu"), sim.images)
     keys = [f"{g:g}" for g in params.compressions]
     families = {"neumeta": sampled_models, "individual": individual_models["individual"], "distilled": distilled_models["distilled"]}
     rows, kl = [], {}
@@ -261,7 +283,7 @@ def _widths(arch: dict, morph: dict, compressions: list[float]) -> dict[float, d
 
 
 def _fit_classifier(net, objective, splits, dev, recipe: FitParams, generator, desc, resume):
-    train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
+    train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
     return fit(net, objective, train, lambda m: accuracy(m, val), fit_config(recipe), generator, desc, resume)
 
 

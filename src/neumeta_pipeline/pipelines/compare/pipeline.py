@@ -17,7 +17,8 @@ REPORTS = "report"
 
 
 def _template(task: str) -> Pipeline:
-    train_args = ["splits", "params:model", "params:pretrain", "params:morph", "params:baselines", "params:seed", "params:device"]
+    train_args = ["splits", "params:model", "params:pretrain", "params:morph", "params:baselines", "params:distributed", "params:seed",
+                  "params:device"]
     evaluate_args = ["splits", "params:model", "params:evaluate"]
     baseline_nodes = [
         node(_bind_task(nodes.train_individual, task), train_args, ["individual_models", "individual_history"],
@@ -27,7 +28,8 @@ def _template(task: str) -> Pipeline:
         node(nodes.prune_pretrained, ["pretrained_model", "splits", "params:morph", "params:baselines", "params:seed"],
              ["pruning_models", "pruning_history"], name="prune_pretrained", tags="pruning"),
         node(_bind_task(nodes.train_distilled, task),
-             ["pretrained_model", "splits", "params:pretrain", "params:morph", "params:baselines", "params:seed", "params:device"],
+             ["pretrained_model", "splits", "params:pretrain", "params:morph", "params:baselines", "params:distributed", "params:seed",
+              "params:device"],
              ["distilled_models", "distilled_history"], name="train_distilled", tags="distilled"),
     ]
     evaluate_nodes = [

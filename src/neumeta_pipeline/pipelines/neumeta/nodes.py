@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from ...config import (
     DataParams,
+    DistributedParams,
     EvaluateParams,
     ExportParams,
     FitParams,
@@ -23,14 +24,17 @@ from ...config import (
     ModelParams,
     MorphParams,
     PermuteParams,
+    PretrainParams,
     SampleParams,
     TrainINRParams,
 )
-from ...data import DeviceData, load_source, make_splits
-from ...models import build_model
+from ...data import STREAMED_SOURCE, folder_splits, load_source, make_splits, split_data
+from ...errors import UserError
+from ...models import build_model, load_pretrained_weights
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta import fuse, graph, permute
 from ...neumeta.export import export_onnx as onnx_export
+from ...neumeta.distributed import launch, rank_and_world
 from ...neumeta.inr import NeuMetaINR
 from ...neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs, weight_norm
 from ...neumeta.morph import (
@@ -60,8 +64,14 @@ log = logging.getLogger(__name__)
 def prepare_data(data: dict, seed: int) -> dict:
     """Read the task's images (downloading when allowed) and split train/validation/test."""
     params = DataParams.model_validate(data)
-    arrays = load_source(params.source, params.root, params.download)
-    splits = make_splits(arrays, params.val_fraction, params.test_fraction, seed, params.max_train)
+    if params.source == STREAMED_SOURCE:
+        splits = folder_splits(
+            params.root, params.val_fraction, seed, params.max_train, params.image_size, params.resize_size,
+            params.mean, params.std, params.workers,
+        )
+    else:
+        arrays = load_source(params.source, params.root, params.download)
+        splits = make_splits(arrays, params.val_fraction, params.test_fraction, seed, params.max_train)
     splits["made_with"] = params.split_settings(seed)  # a later stage refuses a split made otherwise
     log.info(
         "data %s: %d train, %d validation, %d test images",
@@ -70,15 +80,54 @@ def prepare_data(data: dict, seed: int) -> dict:
     return splits
 
 
-def pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str, task: str) -> tuple[dict, list[dict]]:
-    """Train the full-width network that NeuMeta starts from; the best validation epoch is kept."""
+def pretrain(
+    splits: dict, model: dict, pretrain: dict, distributed: dict | None, seed: int, device: str, task: str
+) -> tuple[dict, list[dict]]:
+    """Train the full-width network that NeuMeta starts from; the best validation epoch is kept.
+
+    With ``pretrain.weights`` the network starts from those weights instead and is only scored;
+    with ``distributed`` settings the training runs data-parallel over that many processes.
+    """
+    params = PretrainParams.model_validate(pretrain)
+    if params.weights is not None:
+        return _pretrained_from_weights(splits, model, params, device)
+    return _distributed(distributed, task, "pretrain", _pretrain, splits, model, pretrain, seed, device, task)
+
+
+def _pretrained_from_weights(splits: dict, model: dict, params: PretrainParams, device: str) -> tuple[dict, list[dict]]:
     arch = ModelParams.model_validate(model).model_dump()
-    params = FitParams.model_validate(pretrain)
+    dev = resolve_device(device)
+    net = build_model(arch["name"], **arch["kwargs"])
+    load_pretrained_weights(net, arch["name"], params.weights)
+    net = net.to(dev).eval()
+    check_labels(splits, net, example_input(arch).to(dev))
+    score = accuracy(net, split_data(splits, "val", dev))
+    log.info("pretrained %s from %s: validation accuracy %.4f (not trained here)", arch["name"], params.weights, score)
+    return model_checkpoint(net, arch, val_accuracy=score), [{"epoch": 0, "val_score": score, "weights": params.weights}]
+
+
+def _distributed(distributed: dict | None, task: str, stage: str, body, *args):
+    """``body(*args)`` in this process, or data-parallel over the processes ``distributed`` asks for."""
+    if distributed is None:
+        return body(*args)
+    settings = DistributedParams.model_validate(distributed).model_dump()
+    result = launch(settings, f"{task}-{stage}", body, *args)
+    if result is None:
+        raise UserError(
+            f"{task}.{stage}: this machine is node {settings['node_rank']} of {settings['nnodes']} of a distributed run and has "
+            f"done its share; node 0 holds the result and writes it, so the run stops here on this machine"
+        )
+    return result
+
+
+def _pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str, task: str) -> tuple[dict, list[dict]]:
+    arch = ModelParams.model_validate(model).model_dump()
+    params = pretrain_recipe(pretrain)
     dev = resolve_device(device)
     generator = seed_everything(seed)
     net = build_model(arch["name"], **arch["kwargs"]).to(dev)
     check_labels(splits, net, example_input(arch).to(dev))
-    train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
+    train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
     with resume_file(params, task, "pretrain", seed, dev, {"model": arch}, {"splits": content_hash(splits)}) as resume:
         result = fit(net, classification_objective(net), train, lambda m: accuracy(m, val), fit_config(params), generator,
                      "pretrain", resume)
@@ -131,14 +180,23 @@ def fuse_batchnorm(permuted_model: dict, morph: dict) -> dict:
 
 
 def train_inr(
-    fused_model: dict, splits: dict, morph: dict, inr: dict, train_inr: dict, seed: int, device: str, task: str
+    fused_model: dict, splits: dict, morph: dict, inr: dict, train_inr: dict, distributed: dict | None, seed: int, device: str,
+    task: str,
 ) -> tuple[dict, dict]:
     """Fit the hypernetwork: task loss at sampled widths, reconstruction at full width, L2.
 
     With ``block_epochs`` > 0 the generated blocks join one at a time, from input to output, each
     stage training every block added so far for ``block_epochs`` epochs, the last (all blocks) for
-    ``epochs``; a joining block's MLPs start from its predecessor's (``block_init``).
+    ``epochs``; a joining block's MLPs start from its predecessor's (``block_init``). With
+    ``distributed`` settings every process trains on its share of each batch at a width of its own,
+    so one step averages the gradients of several widths.
     """
+    return _distributed(distributed, task, "train_inr", _train_inr, fused_model, splits, morph, inr, train_inr, seed, device, task)
+
+
+def _train_inr(
+    fused_model: dict, splits: dict, morph: dict, inr: dict, train_inr: dict, seed: int, device: str, task: str
+) -> tuple[dict, dict]:
     morph_p, inr_p = MorphParams.model_validate(morph), INRParams.model_validate(inr)
     train_p = TrainINRParams.model_validate(train_inr)
     dev = resolve_device(device)
@@ -157,14 +215,18 @@ def train_inr(
     # with statistics estimated at each width (the pretrained ones do not fit generated weights). A
     # folded network's BatchNorm that had no layer to fold into keeps its pretrained statistics.
     keeps_batchnorm = not fused_model["fused"] and has_batchnorm(target)
+    rank, world = rank_and_world()
+    # One process draws data order and widths from one stream (as always). Processes of a
+    # distributed run share the data order, so each draws its widths from a stream of its own.
+    widths_generator = generator if not torch.distributed.is_initialized() else torch.Generator().manual_seed(seed + 7919 * (rank + 1))
     loss = NeuMetaLoss(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
-        train_p.lambda_recon, train_p.lambda_reg, generator, train_p.tensor_fraction,
+        train_p.lambda_recon, train_p.lambda_reg, widths_generator, train_p.tensor_fraction,
         train_p.width_sampling, train_p.widths_per_step, train_p.lambda_kd, train_p.kd_temperature,
         batch_stats=keeps_batchnorm,
     )
-    train, val = DeviceData(splits, "train", dev), DeviceData(splits, "val", dev)
-    calibration = train.x[: morph_p.calibration_images] if keeps_batchnorm else None
+    train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
+    calibration = first_images(train, morph_p.calibration_images) if keeps_batchnorm else None
 
     def validate(module: NeuMetaINR) -> float:
         # Mean validation accuracy over a few seen widths (of the blocks trained so far). K = 1
@@ -217,7 +279,10 @@ def train_inr(
             loss.active = None if k == len(stages) - 1 else {t.name for t in spec.tensors if t.module in modules}
             config = fit_config(train_p)
             config.epochs = epochs
-            result = fit(hyper, loss, train, validate, config, generator, name, resume, finish=False)
+            extra = (widths_generator,) if widths_generator is not generator else ()
+            partial_steps = train_p.tensor_fraction < 1.0 or loss.active is not None
+            result = fit(hyper, loss, train, validate, config, generator, name, resume, finish=False, extra_generators=extra,
+                         partial_steps=partial_steps)
             # The next stage continues from this stage's selected (EMA) state.
             hyper.load_state_dict(result.best.state_dict())
             history += [{**h, "stage": k + 1} for h in result.history] if len(stages) > 1 else result.history
@@ -261,7 +326,7 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
     hyper = load_inr(inr_checkpoint)
     target = load_model(fused_model)
     count = inr_checkpoint.get("calibration_images")
-    calibration = DeviceData(splits, "train", torch.device("cpu")).x[:count] if count else None
+    calibration = first_images(split_data(splits, "train", "cpu"), count) if count else None
     models = {}
     for gamma in params.compressions:
         widths = hyper.spec.widths(gamma)
@@ -288,7 +353,7 @@ def evaluate(
     """
     params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
     low, high = morph_p.compression_range
-    test = DeviceData(splits, "test", "cpu")
+    test = split_data(splits, "test", "cpu")
     x0 = example_input(pretrained_model["arch"])
     base = load_model(pretrained_model)
     base_params, base_macs = count_params_and_macs(load_model(fused_model), x0)
@@ -334,6 +399,13 @@ def export_onnx(sampled_models: dict, export: dict) -> tuple[bytes, dict]:
     return data, report
 
 
+def pretrain_recipe(pretrain: dict) -> FitParams:
+    """The training recipe of the ``pretrain`` section (which the baselines train with too),
+    without ``weights``: the loop's settings, and what names its resume files."""
+    PretrainParams.model_validate(pretrain)
+    return FitParams.model_validate({k: v for k, v in pretrain.items() if k != "weights"})
+
+
 def fit_config(params: FitParams) -> FitConfig:
     """The loop's settings from a validated parameter section."""
     return FitConfig(**{k: v for k, v in params.model_dump().items() if k in FitConfig.__dataclass_fields__})
@@ -347,11 +419,13 @@ def resume_file(
     seed, the device, the loop's settings and ``settings`` (the other parameter sections the stage
     reads) and ``inputs`` (content hashes of the stage's inputs). A working file: it is removed when
     the stage finishes."""
-    if not params.resume:
+    rank, world = rank_and_world()
+    if not params.resume or rank > 0:  # in a distributed run rank 0 keeps the file (fit broadcasts it)
         return contextlib.nullcontext()
     config = {
         "seed": seed,
         "device": device_label(device),
+        **({"processes": world} if torch.distributed.is_initialized() else {}),
         "loop": params.model_dump(exclude={"progress", "resume"}),  # switches that do not change the result
         **settings,
         "inputs": inputs,
@@ -362,6 +436,11 @@ def resume_file(
 def _fmt(value: float | None) -> str:
     # The fused TV is None for a network torch.fx cannot trace (the raw objective still runs).
     return "n/a" if value is None else f"{value:.4g}"
+
+
+def first_images(data, count: int) -> torch.Tensor:
+    """The first ``count`` images of a split (all when it has fewer), as the network sees them."""
+    return data.take(torch.arange(min(count, len(data))))[0]
 
 
 def check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:

@@ -26,7 +26,7 @@ def _template(task: str) -> Pipeline:
             node(nodes.prepare_data, ["params:data", "params:seed"], "splits", name="prepare_data"),
             node(
                 _bind_task(nodes.pretrain, task),
-                ["splits", "params:model", "params:pretrain", "params:seed", "params:device"],
+                ["splits", "params:model", "params:pretrain", "params:distributed", "params:seed", "params:device"],
                 ["pretrained_model", "pretrain_history"],
                 name="pretrain",
             ),
@@ -40,7 +40,8 @@ def _template(task: str) -> Pipeline:
             node(nodes.fuse_batchnorm, ["permuted_model", "params:morph"], "fused_model", name="fuse_batchnorm"),
             node(
                 _bind_task(nodes.train_inr, task),
-                ["fused_model", "splits", "params:morph", "params:inr", "params:train_inr", "params:seed", "params:device"],
+                ["fused_model", "splits", "params:morph", "params:inr", "params:train_inr", "params:distributed", "params:seed",
+                 "params:device"],
                 ["inr_checkpoint", "inr_history"],
                 name="train_inr",
             ),
