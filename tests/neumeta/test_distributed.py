@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from neumeta_pipeline.models.checkpoint import model_checkpoint
 from neumeta_pipeline.neumeta.distributed import WorkerFailedError, launch
 from neumeta_pipeline.pipelines.neumeta import nodes
 from tests.conftest import _digit_images
+from tests.neumeta.distributed_workers import fail_on_rank_one, fit_with_resume
 
 TASK = "tiny"
 ARCH = {"name": "lenet", "kwargs": {"width": 4}, "input_shape": [1, 28, 28]}
@@ -66,13 +66,18 @@ def test_train_inr_on_two_processes_follows_one_at_a_fixed_width(splits, workdir
         torch.testing.assert_close(two["state_dict"][name], tensor, rtol=1e-4, atol=1e-5)
 
 
-def _fail_on_rank_one() -> str:
-    if int(os.environ["RANK"]) == 1:
-        raise ValueError("rank one cannot go on")
-    torch.distributed.barrier()  # rank 0 waits for a peer that is gone: the launcher must end it
-    return "unreachable"
+def test_an_interrupted_distributed_run_resumes_to_the_uninterrupted_result(splits, tmp_path):
+    settings = {"nproc_per_node": 2, "nnodes": 1, "node_rank": 0, "rdzv_endpoint": None, "backend": "gloo"}
+    straight, straight_history = launch(settings, "straight", fit_with_resume, str(tmp_path / "a"), splits, None)
+    with pytest.raises(WorkerFailedError, match="worker rank 0 failed: Interrupted: stopped on purpose"):
+        launch(settings, "interrupted", fit_with_resume, str(tmp_path / "b"), splits, 7)  # mid second epoch of 4 steps
+    assert list((tmp_path / "b").glob("fit-*.pt"))  # the state after epoch 1, every rank's streams in it
+    resumed, resumed_history = launch(settings, "resumed", fit_with_resume, str(tmp_path / "b"), splits, None)
+    assert [h["train_loss"] for h in resumed_history] == [h["train_loss"] for h in straight_history]
+    for name, tensor in straight.items():
+        assert torch.equal(resumed[name], tensor), name
 
 
 def test_a_failing_worker_fails_the_launch_with_its_error():
     with pytest.raises(WorkerFailedError, match="worker rank 1 failed: ValueError: rank one cannot go on"):
-        launch({"nproc_per_node": 2, "nnodes": 1, "node_rank": 0, "rdzv_endpoint": None, "backend": "gloo"}, "failing", _fail_on_rank_one)
+        launch({"nproc_per_node": 2, "nnodes": 1, "node_rank": 0, "rdzv_endpoint": None, "backend": "gloo"}, "failing", fail_on_rank_one)

@@ -106,10 +106,11 @@ def project(tmp_path, monkeypatch) -> Path:
     return work_in(make_project(tmp_path), monkeypatch)
 
 
-def run(project: Path, pipeline: str, **kwargs) -> None:
-    """``kedro run`` of ``pipeline`` in this process (``kwargs``: from_nodes, to_nodes, ...)."""
+def run(project: Path, pipeline: str, params: dict | None = None, **kwargs) -> None:
+    """``kedro run`` of ``pipeline`` in this process (``params``: as ``--params``; ``kwargs``:
+    from_nodes, to_nodes, ...)."""
     bootstrap_project(project)
-    with KedroSession.create(project_path=project) as session:
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
         session.run(pipeline_names=[pipeline], **kwargs)
 
 

@@ -124,3 +124,16 @@ def test_missing_data_names_the_folder(project):
         f.unlink()
     with pytest.raises(Exception, match="MNIST/raw"):
         run(project, "mnist")
+
+
+def test_a_distributed_stage_writes_one_version_from_rank_0(default_run):
+    # train_inr again over two gloo processes: the node returns rank 0's result, so the catalog
+    # gets exactly one new version of each output, and the resume folder is left empty.
+    data = default_run / "data"
+    run(default_run, "mnist_offline", params={"mnist_offline": {"distributed": {"nproc_per_node": 2}}},
+        from_nodes=["mnist_offline.train_inr"], to_nodes=["mnist_offline.train_inr"])
+    for output in ("06_models/mnist_offline/inr_checkpoint.pt", "08_reporting/mnist_offline/inr_history.json"):
+        assert len(versions(data / output)) == 2, output  # the default run's and this one's
+    assert not [p for p in (data / "06_models" / "mnist_offline" / "resume").glob("*") if p.suffix != ".lock"]
+    history = json.loads(versions(data / "08_reporting/mnist_offline/inr_history.json")[-1].read_text())
+    assert history["epochs"] and all(e["val_score"] > 0 for e in history["epochs"])  # rank 0 validated every epoch

@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
-from torchvision.datasets.folder import pil_loader
-from torchvision.transforms import v2
 
 from ..errors import UserError
 from .sources import DataNotFoundError, _stratified_split
@@ -138,6 +136,10 @@ class _Images(Dataset):
         self.root = Path(splits["root"])
         self.files = splits[f"files_{split}"]
         self.labels = splits[f"y_{split}"].tolist()
+        # Imported here: torchvision takes about a second to import, which every process that
+        # imports the data package (each worker of a distributed run) would otherwise pay.
+        from torchvision.transforms import v2
+
         size = splits["image_size"]
         self.evaluate = v2.Compose([v2.Resize(splits["resize_size"], antialias=True), v2.CenterCrop(size)])
         self.augment = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(0.5)])
@@ -148,14 +150,17 @@ class _Images(Dataset):
     def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int]:
         index, seed = item
         # torchvision's ImageFolder loader (PIL, RGB); its own decoders are deprecated for torchcodec.
+        from torchvision.datasets.folder import pil_loader
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
         image = pil_loader(str(self.root / self.files[index]))
         if seed is None:
-            return v2.functional.pil_to_tensor(self.evaluate(image)), self.labels[index]
+            return pil_to_tensor(self.evaluate(image)), self.labels[index]
         # Seed only the CPU generator (torch.manual_seed would also reseed CUDA, which fork_rng
         # with devices=[] does not restore); the caller's CPU stream is restored on exit.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            return v2.functional.pil_to_tensor(self.augment(image)), self.labels[index]
+            return pil_to_tensor(self.augment(image)), self.labels[index]
 
 
 def _loader(images: _Images, batches: list[list[tuple[int, int | None]]], workers: int, pin: bool) -> DataLoader:
