@@ -50,3 +50,7 @@ def fail_on_rank_one() -> str:
         raise ValueError("rank one cannot go on")
     torch.distributed.barrier()  # rank 0 waits for a peer that is gone: the launcher must end it
     return "unreachable"
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    return rank_and_world()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +17,9 @@ from neumeta_pipeline.models.checkpoint import model_checkpoint
 from neumeta_pipeline.neumeta.distributed import WorkerFailedError, launch
 from neumeta_pipeline.pipelines.neumeta import nodes
 from tests.conftest import _digit_images
-from tests.neumeta.distributed_workers import fail_on_rank_one, fit_with_resume
+from tests.neumeta.distributed_workers import fail_on_rank_one, fit_with_resume, rank_and_world_size
+
+REPO = Path(__file__).resolve().parents[2]
 
 TASK = "tiny"
 ARCH = {"name": "lenet", "kwargs": {"width": 4}, "input_shape": [1, 28, 28]}
@@ -81,3 +87,22 @@ def test_an_interrupted_distributed_run_resumes_to_the_uninterrupted_result(spli
 def test_a_failing_worker_fails_the_launch_with_its_error():
     with pytest.raises(WorkerFailedError, match="worker rank 1 failed: ValueError: rank one cannot go on"):
         launch({"nproc_per_node": 2, "nnodes": 1, "node_rank": 0, "rdzv_endpoint": None, "backend": "gloo"}, "failing", fail_on_rank_one)
+
+
+def test_two_machines_meet_at_node_0_which_gets_rank_0(tmp_path):
+    # Two "machines" on this one: node 1 in another interpreter, node 0 here, one process each.
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    settings = {"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": f"localhost:{port}", "backend": "gloo"}
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from neumeta_pipeline.neumeta.distributed import launch; "
+         "from tests.neumeta.distributed_workers import rank_and_world_size; "
+         f"print(launch({{**{settings!r}, 'node_rank': 1}}, 'machines', rank_and_world_size))"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert launch({**settings, "node_rank": 0}, "machines", rank_and_world_size) == (0, 2)
+        assert other.communicate(timeout=60)[0].strip() == "None"  # node 1 ran rank 1; the result is node 0's
+    finally:
+        other.kill()
