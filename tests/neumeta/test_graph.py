@@ -186,10 +186,21 @@ def test_conv_transpose_and_latent_view_in_the_vae():
         ("from_latent.bias", 0, 0, 64),
         ("decoder.0.weight", 0, 0, 1),
     }
-    assert ("to_stats.weight", 1, 0, 64) in member_set(named["encoder.3"])
-    # chunk() splits the latent into mean and log-variance: not a whole channel axis any more.
-    assert not named["to_stats"].permutable and "chunk" in named["to_stats"].reason
-    assert not named["decoder.3"].permutable
+    # Both posterior heads read the flattened encoder output, 64 columns per encoder channel.
+    assert {("to_mean.weight", 1, 0, 64), ("to_log_var.weight", 1, 0, 64)} <= member_set(named["encoder.3"])
+    # Mean and log-variance meet elementwise in forward, so latent dim i is one channel of both
+    # heads and of the decoder's input: one permutable group.
+    latent = named["to_mean"]
+    assert latent.permutable and latent.size == 32
+    assert member_set(latent) == {
+        ("to_mean.weight", 0, 0, 1),
+        ("to_mean.bias", 0, 0, 1),
+        ("to_log_var.weight", 0, 0, 1),
+        ("to_log_var.bias", 0, 0, 1),
+        ("from_latent.weight", 1, 0, 1),
+    }
+    assert [g.name for g in named.values() if not g.permutable] == ["decoder.3"]
+    assert "output" in named["decoder.3"].reason
 
 
 class Roll(nn.Module):

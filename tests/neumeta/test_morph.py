@@ -98,3 +98,25 @@ def test_batch_statistics_normalise_each_batch_and_leave_the_running_ones():
     assert not model.training and model[1].track_running_stats
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert has_batchnorm(model) and not has_batchnorm(fuse_batchnorm(model))
+
+
+def test_narrowing_the_vae_latent_gives_a_working_smaller_vae():
+    """Keeping the first k latent dims equals the full VAE whose other latent dims are dropped."""
+    from neumeta_pipeline.neumeta.graph import channel_groups
+
+    torch.manual_seed(0)
+    model = build_model("conv_vae").eval()
+    groups = channel_groups(model, X_CIFAR[:1])
+    small = resize(model, groups, {"to_mean": 8})
+    assert small.to_mean.out_features == small.to_log_var.out_features == small.from_latent.in_features == 8
+    z = torch.randn(4, 32)
+    with torch.no_grad():
+        (mean, log_var), (mean_s, log_var_s) = model.encode(X_CIFAR), small.encode(X_CIFAR)
+        assert mean_s.shape == log_var_s.shape == (4, 8)
+        assert torch.allclose(mean_s, mean[:, :8], atol=1e-6) and torch.allclose(log_var_s, log_var[:, :8], atol=1e-6)
+        dropped = torch.cat([z[:, :8], torch.zeros(4, 24)], dim=1)
+        assert torch.allclose(small.decode(z[:, :8]), model.decode(dropped), atol=1e-6)
+        assert small(X_CIFAR).shape == X_CIFAR.shape
+        # Every hidden width at half, the latent included, still maps images to images.
+        half = resize(model, groups, {g.name: g.size // 2 for g in groups if g.permutable})
+        assert half.encode(X_CIFAR)[0].shape == (4, 16) and half(X_CIFAR).shape == X_CIFAR.shape

@@ -305,3 +305,25 @@ def test_auto_solver_orders_small_groups_with_python_tsp_and_large_ones_with_two
     assert report["solver"] == "auto" and report["tv_after"] < report["tv_before"]
     x = torch.randn(3, 1, 28, 28)
     assert relative_error(run(model, x), run(permuted, x)) <= 1e-5
+
+
+def test_permuting_every_vae_group_keeps_the_posterior_and_the_decoder(surgery_zoo):
+    """The latent group reorders the latent dims of both heads and the decoder's input together:
+    the posterior is the same Gaussian with its dims relabelled, and decoding sees the same z."""
+    model, x, _ = surgery_zoo("conv_vae")
+    groups = surgery_zoo.groups("conv_vae")
+    permuted = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(5)
+    perms = {g.name: torch.randperm(g.size, generator=gen) for g in groups if g.permutable}
+    assert set(perms) == {g.name for g in groups} - {"decoder.3"}
+    for g in groups:
+        if g.permutable:
+            apply_permutation(permuted, g, perms[g.name])
+    assert not state_equal(model, permuted)
+    latent = perms["to_mean"]
+    z = torch.randn(x.shape[0], latent.numel(), generator=gen)
+    with torch.no_grad():
+        (mean, log_var), (mean_p, log_var_p) = model.encode(x), permuted.encode(x)
+        assert relative_error(mean[:, latent], mean_p) <= TOL
+        assert relative_error(log_var[:, latent], log_var_p) <= TOL
+        assert relative_error(model.decode(z), permuted.decode(z[:, latent])) <= TOL

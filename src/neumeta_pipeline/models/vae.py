@@ -1,5 +1,11 @@
 """A small convolutional VAE whose decoder upsamples with ConvTranspose2d (CelebA-style, 32x32 RGB
-by default, or 28x28 grey with ``in_channels=1, image_size=28``)."""
+by default, or 28x28 grey with ``in_channels=1, image_size=28``).
+
+The posterior mean and log-variance come from two separate heads, ``to_mean`` and ``to_log_var``,
+rather than one head split in two, so the latent channels are a whole axis that network surgery
+can permute and narrow. ``forward`` couples the two heads elementwise (see there) so the channel
+tracer puts both heads and ``from_latent``'s columns in one group.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ class ConvVAE(nn.Module):
             nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
             nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
         )
-        self.to_stats = nn.Linear(2 * width * side * side, 2 * latent_dim)
+        self.to_mean = nn.Linear(2 * width * side * side, latent_dim)
+        self.to_log_var = nn.Linear(2 * width * side * side, latent_dim)
         self.from_latent = nn.Linear(latent_dim, 2 * width * side * side)
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
@@ -26,15 +33,36 @@ class ConvVAE(nn.Module):
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_var = self.to_stats(torch.flatten(self.encoder(x), 1)).chunk(2, dim=1)
-        return mean, log_var
+        """Mean and log-variance of the diagonal Gaussian posterior q(z|x), each (batch, latent_dim)."""
+        h = torch.flatten(self.encoder(x), 1)
+        return self.to_mean(h), self.to_log_var(h)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli pixel probabilities in (0, 1) for latents ``z``."""
         # -1 rather than a stored width, so a narrowed copy of this model still decodes.
         h = self.from_latent(z).view(z.shape[0], -1, self.side, self.side)
         return torch.sigmoid(self.decoder(h))
 
+    @staticmethod
+    def sample_latent(
+        mean: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One reparameterised draw z = mean + eps * exp(log_var / 2), eps ~ N(0, I), with eps drawn
+        from ``generator`` on its own device (the global generator when None)."""
+        device = generator.device if generator is not None else mean.device
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=device).to(mean.device)
+        return _reparameterise(mean, log_var, eps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic reconstruction through the posterior mean (sampling lives in the loss)."""
-        mean, _ = self.encode(x)
-        return self.decode(mean)
+        """Deterministic reconstruction through the posterior mean (sampling lives in the loss).
+
+        The mean is reached as the reparameterisation with zero noise, which is exact, so the
+        traced graph sees mean and log-variance meet elementwise: that couples the two heads'
+        channels into one permutable group, as they must be (channel i of both is latent dim i).
+        """
+        mean, log_var = self.encode(x)
+        return self.decode(_reparameterise(mean, log_var, torch.zeros_like(mean)))
+
+
+def _reparameterise(mean: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    return mean + eps * torch.exp(0.5 * log_var)
