@@ -128,3 +128,26 @@ def write_image_folder(
                 image[band : band + max(2, h // (2 * classes))] = 255
                 Image.fromarray(image).save(folder / f"img_{i}.JPEG", format="JPEG")
     return root
+
+
+def write_camvid(root: Path, counts: tuple[int, int, int] = (6, 2, 3), size: tuple[int, int] = (24, 32), seed: int = 0) -> Path:
+    """CamVid in the SegNet tutorial's layout under ``root/CamVid``: RGB PNGs in train/val/test and
+    one-channel label PNGs of the same names in trainannot/valannot/testannot. Each label map has
+    horizontal bands of a few classes, a void (11) strip, and the image is brighter where the class
+    index is higher, so a tiny network can learn something."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for split, count in zip(("train", "val", "test"), counts):
+        for folder in (split, f"{split}annot"):
+            (root / "CamVid" / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            label = np.zeros((h, w), dtype=np.uint8)
+            for band, cls in enumerate(rng.choice(11, size=4, replace=False)):
+                label[band * h // 4 : (band + 1) * h // 4] = cls
+            label[:, :2] = 11  # void
+            image = (label[..., None] * 20 + rng.integers(0, 30, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / "CamVid" / split / f"img_{i:03d}.png")
+            Image.fromarray(label).save(root / "CamVid" / f"{split}annot" / f"img_{i:03d}.png")
+    return root

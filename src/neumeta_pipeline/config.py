@@ -12,12 +12,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .baselines.pruning import IMPORTANCES
-from .data import SOURCES, STREAMED_SOURCE
+from .data import SEGMENTATION_SOURCES, SOURCES, STREAMED_SOURCE
 from .errors import UserError
 from .models import MODELS
 from .neumeta.inr import LAYOUTS, NOISE_SCALINGS
 from .neumeta.permute import OBJECTIVES
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
+from .neumeta.tasks import KINDS
 from .neumeta.train import WIDTH_SAMPLING
 
 
@@ -42,6 +43,9 @@ class DataParams(_Section):
     mean: list[float] | None = Field(None, min_length=3, max_length=3, description="imagefolder: per-channel mean (None: estimated)")
     std: list[float] | None = Field(None, min_length=3, max_length=3, description="imagefolder: per-channel std (None: estimated)")
     workers: int = Field(4, ge=0, description="imagefolder: decoding processes of the data loader")
+    pad_to_multiple: int = Field(
+        1, ge=1, description="segmentation: pad images and label maps (void) to sides divisible by this (U-Net: 32)"
+    )
 
     @model_validator(mode="after")
     def _streamed_keys(self) -> DataParams:
@@ -49,14 +53,23 @@ class DataParams(_Section):
             set_keys = sorted(k for k in ("image_size", "resize_size", "mean", "std", "workers") if k in self.model_fields_set)
             if set_keys:
                 raise ValueError(f"data keys {set_keys} only apply to source {STREAMED_SOURCE!r}, not {self.source!r}")
-        elif self.resize_size < self.image_size:
+        if self.pad_to_multiple > 1 and self.source not in SEGMENTATION_SOURCES:
+            raise ValueError(f"data.pad_to_multiple applies to segmentation sources {SEGMENTATION_SOURCES}, not {self.source!r}")
+        if self.source == STREAMED_SOURCE and self.resize_size < self.image_size:
             raise ValueError(f"data.resize_size {self.resize_size} must be >= data.image_size {self.image_size} (it is centre-cropped to it)")
         return self
 
     def split_settings(self, seed: int) -> dict:
         """Everything that decides which images land in which split (not ``download``, nor how
         many processes decode them)."""
-        return {**self.model_dump(exclude={"download", "workers"}), "seed": seed}
+        # Keys of other kinds of source are left out, so a split's record does not change when a
+        # kind of source gains a setting.
+        skip = {"download", "workers"}
+        if self.source != STREAMED_SOURCE:
+            skip |= {"image_size", "resize_size", "mean", "std"}
+        if self.source not in SEGMENTATION_SOURCES:
+            skip.add("pad_to_multiple")
+        return {**self.model_dump(exclude=skip), "seed": seed}
 
 
 class ModelParams(_Section):
@@ -269,6 +282,9 @@ class SimilarityParams(_Section):
 
 
 class TaskParams(_Section):
+    kind: Literal[KINDS] = Field(  # type: ignore[valid-type]
+        "classification", description="classification (a label per image) or segmentation (a label per pixel)"
+    )
     seed: int = 0
     device: str = "auto"
     data: DataParams
@@ -293,6 +309,16 @@ class TaskParams(_Section):
             raise ValueError(f"baselines.compressions {missing} are not in sample.compressions {self.sample.compressions}")
         if 0.0 not in self.baselines.compressions:
             raise ValueError("baselines.compressions must include 0.0 (the full width every comparison starts from)")
+        return self
+
+    @model_validator(mode="after")
+    def _kind_fits_source(self) -> TaskParams:
+        per_pixel = self.data.source in SEGMENTATION_SOURCES
+        if per_pixel != (self.kind == "segmentation"):
+            raise ValueError(
+                f"kind {self.kind!r} does not fit data.source {self.data.source!r}, whose labels are "
+                f"{'per pixel: use kind: segmentation' if per_pixel else 'per image: use kind: classification'}"
+            )
         return self
 
     @model_validator(mode="after")

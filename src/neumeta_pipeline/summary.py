@@ -35,10 +35,12 @@ def _count(value: float) -> str:
 
 
 def method_table(frame: pd.DataFrame, title: str) -> Table:
-    """One row per (method, compression): widths, parameters, MACs, accuracy, seen or unseen."""
+    """One row per (method, compression): widths, parameters, MACs, the score (accuracy, or mIoU
+    for segmentation), seen or unseen."""
+    metric = "accuracy" if "accuracy" in frame.columns else "miou"
     table = Table(title=title, title_justify="left")
     for column, justify in (("method", "left"), ("compression", "right"), ("widths", "left"), ("parameters", "right"),
-                            ("MACs", "right"), ("accuracy", "right"), ("trained", "left")):
+                            ("MACs", "right"), ("accuracy" if metric == "accuracy" else "mIoU", "right"), ("trained", "left")):
         table.add_column(column, justify=justify)
     for row in frame.itertuples(index=False):
         seen = getattr(row, "seen_in_training", True)
@@ -47,14 +49,14 @@ def method_table(frame: pd.DataFrame, title: str) -> Table:
             parts = widths.split(",")
             widths = f"{parts[0]}, ... ({len(parts)} widths)"
         table.add_row(row.method, f"{100 * row.compression:g}%", widths, _count(row.params), _count(row.macs),
-                      _percent(row.accuracy), "seen" if seen else "[bold]unseen[/bold]")
+                      _percent(getattr(row, metric)), "seen" if seen else "[bold]unseen[/bold]")
     return table
 
 
 def comparison_table(frame: pd.DataFrame, title: str) -> Table:
     """The comparison as it is stored: a row per method, accuracy per compression, training cost in
     device-hours, stored parameters and the widths the method never trained."""
-    accuracy = [c for c in frame.columns if c.startswith("acc@")]
+    accuracy = [c for c in frame.columns if c.startswith(("acc@", "miou@"))]  # accuracy, or mIoU for segmentation
     table = Table(title=title, title_justify="left")
     table.add_column("method")
     for column in accuracy:
@@ -69,7 +71,7 @@ def comparison_table(frame: pd.DataFrame, title: str) -> Table:
 
 def table_metrics(name: str, frame: pd.DataFrame) -> dict[str, float]:
     """Flat metrics of one table, one per figure, named so that MLflow's charts line runs up:
-    ``accuracy/<method>/<compression in %>`` for a per-width table, and for the comparison
+    ``accuracy/<method>/<compression in %>`` (``miou/...`` for segmentation) for a per-width table, and for the comparison
     ``train_device_hours/<method>`` and ``stored_parameters/<method>``."""
     if name.endswith(".comparison_table"):
         metrics = {}
@@ -77,7 +79,8 @@ def table_metrics(name: str, frame: pd.DataFrame) -> dict[str, float]:
             metrics[f"train_device_hours/{row['method']}"] = float(row["train_device_hours"])
             metrics[f"stored_parameters/{row['method']}"] = float(row["stored_parameters"])
         return metrics
-    return {f"accuracy/{row.method}/{100 * row.compression:g}": float(row.accuracy) for row in frame.itertuples(index=False)}
+    metric = "accuracy" if "accuracy" in frame.columns else "miou"
+    return {f"{metric}/{row.method}/{100 * row.compression:g}": float(getattr(row, metric)) for row in frame.itertuples(index=False)}
 
 
 def render(name: str, frame: pd.DataFrame) -> Table:

@@ -24,3 +24,15 @@ def test_crop_flip_is_a_translated_and_maybe_mirrored_window():
         windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
     assert not torch.equal(out, x)
+
+
+def test_a_label_map_is_cropped_and_flipped_with_its_image_and_padded_with_void():
+    n, h, w = 16, 6, 7
+    labels = torch.arange(h * w).view(1, h, w).repeat(n, 1, 1) % 11  # labels that tell pixels apart
+    images = labels[:, None].to(torch.uint8).repeat(1, 3, 1, 1)       # each image shows its own labels
+    splits = {"x_train": images, "y_train": labels, "mean": [0.0] * 3, "std": [1 / 255] * 3, "ignore_index": 11}
+    x, y = next(DeviceData(splits, "train", "cpu").batches(n, torch.Generator().manual_seed(0), "crop_flip"))
+    real = y != 11
+    assert real.any() and (~real).any()  # some crops reach into the padding, which is void
+    torch.testing.assert_close(x[:, 0][real], y[real].float())  # every labelled pixel still sits under its label
+    assert not torch.equal(y, labels)

@@ -6,7 +6,7 @@ import torch
 
 from neumeta_pipeline.data import DataNotFoundError, check_available, load_source, make_splits, read_cifar_batch
 from neumeta_pipeline.errors import UserError
-from tests.conftest import write_cifar
+from tests.conftest import write_camvid, write_cifar
 
 
 def test_mnist_idx_files_are_read(mnist_root):
@@ -95,3 +95,26 @@ def test_availability_is_checked_before_any_reading(tmp_path, mnist_root):
     assert isinstance(info.value, UserError)
     with pytest.raises(DataNotFoundError, match="arrays file .*missing.npz does not exist"):
         check_available("npz", tmp_path / "missing.npz", download=True)
+
+
+def test_camvid_reads_its_three_splits_and_keeps_its_own_validation_split(tmp_path):
+    from neumeta_pipeline.data.sources import CAMVID_VOID
+
+    write_camvid(tmp_path, counts=(5, 2, 3))
+    arrays = load_source("camvid", tmp_path, download=False)
+    assert arrays["x_train"].shape == (5, 3, 24, 32) and arrays["x_train"].dtype == np.uint8
+    assert arrays["y_test"].shape == (3, 24, 32) and arrays["y_test"].dtype == np.int64
+    assert (arrays["y_val"][:, :, :2] == CAMVID_VOID).all() and arrays["y_val"].max() == CAMVID_VOID
+    splits = make_splits(arrays, val_fraction=0.5, test_fraction=0.5, seed=0)
+    assert len(splits["y_train"]) == 5 and len(splits["y_val"]) == 2 and len(splits["y_test"]) == 3  # nothing carved
+    assert splits["num_classes"] == 11 and splits["ignore_index"] == CAMVID_VOID and splits["class_names"][0] == "sky"
+    assert torch.equal(splits["y_val"], torch.from_numpy(arrays["y_val"]))
+
+
+def test_camvid_missing_files_name_the_layout(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"CamVid/train/\*.png.*trainannot.*cp -r"):
+        check_available("camvid", tmp_path, download=True)  # never downloaded
+    write_camvid(tmp_path, counts=(2, 1, 1))
+    (tmp_path / "CamVid" / "valannot" / "img_000.png").unlink()
+    with pytest.raises(DataNotFoundError, match="1 image.* have no label in .*valannot, e.g. img_000.png"):
+        check_available("camvid", tmp_path, download=False)

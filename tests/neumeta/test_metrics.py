@@ -11,6 +11,7 @@ from neumeta_pipeline.neumeta.metrics import (
     features_and_logits,
     linear_cka,
     mean_kl,
+    segmentation_scores,
 )
 
 
@@ -20,6 +21,23 @@ def test_accuracy_counts_correct_predictions():
     data = DeviceData(splits, "test", "cpu")
     always_one = lambda x: torch.tensor([[0.0, 1.0, 0.0]]).expand(len(x), 3)  # noqa: E731
     assert accuracy(always_one, data, batch_size=3) == 0.5
+
+
+def test_segmentation_scores_count_pixels_over_the_whole_split_and_skip_void():
+    # Two 1x3 images, 3 classes, void = 3. Predictions are the labels given as one-hot "logits".
+    labels = torch.tensor([[[0, 1, 3]], [[1, 1, 2]]])
+    predicted = torch.tensor([[[0, 1, 2]], [[1, 0, 0]]])  # the void pixel's prediction must not count
+    splits = {"x_test": torch.zeros(2, 1, 1, 3, dtype=torch.uint8), "y_test": labels, "mean": [0.0], "std": [1.0]}
+    order = iter([predicted[:1], predicted[1:]])
+    forward = lambda x: torch.nn.functional.one_hot(next(order), 3).permute(0, 3, 1, 2).float()  # noqa: E731
+    scores = segmentation_scores(forward, DeviceData(splits, "test", "cpu"), num_classes=3, ignore_index=3, batch_size=1)
+    # Valid pixels (label, prediction): (0,0) (1,1) (1,1) (1,0) (2,0).
+    # class 0: tp 1, fp 2, fn 0 -> IoU 1/3, F1 2/4; class 1: tp 2, fp 0, fn 1 -> IoU 2/3, F1 4/5;
+    # class 2: tp 0, fp 0, fn 1 -> IoU 0, F1 0. Per batch and averaged, the scores would differ.
+    assert scores["iou"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert scores["miou"] == pytest.approx(1 / 3)
+    assert scores["pixel_accuracy"] == pytest.approx(3 / 5)
+    assert scores["mean_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
 def test_params_and_macs_of_lenet_by_hand():

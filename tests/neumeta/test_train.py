@@ -9,7 +9,7 @@ from neumeta_pipeline.neumeta.inr import NeuMetaINR
 from neumeta_pipeline.neumeta.metrics import accuracy
 from neumeta_pipeline.neumeta.morph import MorphSpec
 from neumeta_pipeline.neumeta.resume import ResumeFile
-from neumeta_pipeline.neumeta.train import FitConfig, NeuMetaLoss, classification_objective, fit, seed_everything
+from neumeta_pipeline.neumeta.train import FitConfig, NeuMetaLoss, task_objective, fit, seed_everything
 
 
 def _blobs(n=256, seed=0):
@@ -27,7 +27,7 @@ def _pretrain(seed: int):
     net = build_model("lenet", width=4)
     train, val = DeviceData(splits, "train", "cpu"), DeviceData(splits, "val", "cpu")
     config = FitConfig(epochs=4, batch_size=32, lr=5e-3, warmup_epochs=0.5, grad_clip=1.0, ema_decay=0.9, progress=False)
-    return fit(net, classification_objective(net), train, lambda m: accuracy(m, val), config, generator), splits
+    return fit(net, task_objective(net), train, lambda m: accuracy(m, val), config, generator), splits
 
 
 def test_fit_learns_and_selects_the_best_validation_epoch():
@@ -77,7 +77,7 @@ def _resumable_run(tmp_path, interrupt_at: int | None):
     net = build_model("lenet", width=2)
     train, val = DeviceData(splits, "train", "cpu"), DeviceData(splits, "val", "cpu")
     config = FitConfig(epochs=3, batch_size=32, lr=3e-3, ema_decay=0.9, progress=False)
-    base = classification_objective(net)
+    base = task_objective(net)
     steps = {"n": 0}
 
     def objective(x, y):
@@ -111,7 +111,7 @@ def test_bf16_autocast_runs_and_learns():
     net = build_model("lenet", width=4)
     train, val = DeviceData(splits, "train", "cpu"), DeviceData(splits, "val", "cpu")
     config = FitConfig(epochs=2, batch_size=32, lr=5e-3, progress=False, precision="bf16")
-    result = fit(net, classification_objective(net), train, lambda m: accuracy(m, val), config, generator)
+    result = fit(net, task_objective(net), train, lambda m: accuracy(m, val), config, generator)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 

@@ -15,7 +15,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from neumeta_pipeline.models import build_model
-from tests.conftest import write_cifar, write_image_folder, write_mnist, write_npz
+from tests.conftest import write_camvid, write_cifar, write_image_folder, write_mnist, write_npz
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,6 +40,10 @@ IMAGEFOLDER = {
     "train_inr": {"precision": "fp32"},
     "permute": {"enabled": False},
 }
+
+
+# CamVid on 24x32 label maps padded to 32x32; the U-Net's permutation is off for the same reason.
+CAMVID = {"model": {"input_shape": [3, 32, 32]}, "permute": {"enabled": False}, "evaluate": {"batch_size": 4}}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -75,6 +79,8 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
                 section["data"]["max_train"] = 300
             if section["data"]["source"] == "npz":
                 section["data"]["root"] = "data/01_raw/arrays.npz"
+            if section["data"]["source"] == "camvid":
+                section = _merge(section, CAMVID)
             if section["data"]["source"] == "imagefolder":
                 section = _merge(section, IMAGEFOLDER)
                 if section["model"]["name"] == "resnet50":
@@ -90,6 +96,7 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     write_cifar(raw, classes=100, per_batch=40)
     write_npz(raw / "arrays.npz", n_train=200, n_test=100)
     write_image_folder(raw / "imagenet")
+    write_camvid(raw)
     torch.save(build_model("resnet18", num_classes=3).state_dict(), raw / "resnet18-tiny.pth")
     return root
 

@@ -10,7 +10,8 @@ import torch
 
 from neumeta_pipeline.models.checkpoint import load_model
 from neumeta_pipeline.pipelines.compare import BASELINES
-from tests.pipelines.conftest import run, versions
+from tests.pipelines.conftest import make_project, run, versions, work_in
+from tests.pipelines.test_neumeta_pipeline import VERSIONED
 
 METHODS = {
     "individual": ["individual"],
@@ -75,3 +76,27 @@ def test_a_similarity_layer_the_model_lacks_stops_the_run_first(project):
     with pytest.raises(ValueError, match="similarity.layer: 'fc7' is not a layer of lenet"):
         run(project, "mnist_offline_compare")
     assert not (project / "data" / "06_models").exists()
+
+
+def test_segmentation_runs_the_whole_comparison_scored_by_miou(tmp_path, monkeypatch):
+    # CamVid's U-Net through the NeuMeta chain and every baseline (two pruning criteria: one by
+    # weights, one by gradients of the per-pixel loss with void pixels ignored).
+    task = "camvid"
+    project = work_in(make_project(tmp_path, {task: {"baselines": {"pruning_importances": ["l1", "taylor"]}}}), monkeypatch)
+    run(project, f"{task}_compare")
+    data = project / "data"
+    for template in VERSIONED:
+        assert len(versions(data / template.format(t=task))) == 1, template
+    metrics = json.loads(versions(data / f"08_reporting/{task}/metrics.json")[0].read_text())
+    assert metrics["metric"] == "miou" and [r["compression"] for r in metrics["results"]] == [0.0, 0.25, 0.5, 0.75]
+    ours = pd.read_csv(versions(data / f"08_reporting/{task}/accuracy_table.csv")[0])
+    assert {"miou", "pixel_accuracy", "mean_f1", "iou_sky", "iou_bicyclist"} <= set(ours.columns) and "accuracy" not in ours
+    assert ours.miou.between(0, 1).all() and ours.pixel_accuracy.between(0, 1).all()
+    table = pd.read_csv(versions(data / f"08_reporting/{task}/comparison_table.csv")[0])
+    assert list(table.method) == ["neumeta", "individual", "slimmable", "pruning_l1", "pruning_taylor", "distilled"]
+    assert [c for c in table.columns if "@" in c] == ["miou@0%", "miou@25%", "miou@50%", "miou@75%"]
+    pruned = torch.load(versions(data / f"06_models/{task}/pruning_models.pt")[0], weights_only=True)
+    net = load_model(pruned["pruning_taylor"]["0.5"])
+    assert net.encoder.layer3[1].conv1.out_channels == 128 and net(torch.randn(1, 3, 32, 32)).shape == (1, 11, 32, 32)
+    similarity = pd.read_csv(versions(data / f"08_reporting/{task}/similarity_table.csv")[0])
+    assert (similarity.kl_full_to_this >= -1e-9).all()

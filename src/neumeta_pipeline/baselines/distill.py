@@ -8,9 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..neumeta.tasks import TaskKind
 
-def distillation_objective(student: nn.Module, teacher: nn.Module, temperature: float, alpha: float) -> Callable:
-    """``alpha * T^2 * KL(teacher || student)`` at temperature ``T`` plus ``(1 - alpha) * cross-entropy``.
+
+def distillation_objective(
+    student: nn.Module, teacher: nn.Module, temperature: float, alpha: float, kind: TaskKind = TaskKind()
+) -> Callable:
+    """``alpha * T^2 * KL(teacher || student)`` at temperature ``T`` plus ``(1 - alpha) * task loss``
+    (cross-entropy; per pixel for segmentation, where the KL is averaged over pixels too).
 
     The T^2 factor keeps the soft term's gradients on the scale of the hard one whatever T is.
     The teacher runs in eval mode without gradients.
@@ -21,8 +26,8 @@ def distillation_objective(student: nn.Module, teacher: nn.Module, temperature: 
         logits = student(x)
         with torch.no_grad():
             target = F.log_softmax(teacher(x) / temperature, dim=1)
-        soft = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, log_target=True, reduction="batchmean")
-        hard = F.cross_entropy(logits, y)
+        soft = kind.kl(F.log_softmax(logits / temperature, dim=1), target)
+        hard = kind.loss(logits, y)
         loss = alpha * temperature**2 * soft + (1.0 - alpha) * hard
         return loss, {"soft": soft.detach(), "hard": hard.detach()}
 

@@ -52,11 +52,13 @@ def prune_channels(
     images: torch.Tensor,
     labels: torch.Tensor | None = None,
     seed: int = 0,
+    ignore_index: int = -100,
 ) -> nn.Module:
     """A copy of ``model`` in which each group of ``widths`` keeps its most important channels.
 
     ``images`` trace the network (and, with ``labels``, give Taylor and Hessian their gradients;
-    Hessian takes one backward pass per image). Kept channels stay in their original order.
+    Hessian takes one backward pass per image; label maps work too, ``ignore_index`` marking void
+    pixels). Kept channels stay in their original order.
     """
     if importance not in IMPORTANCES:
         raise ValueError(f"unknown importance {importance!r}; use one of {IMPORTANCES}")
@@ -67,7 +69,7 @@ def prune_channels(
     narrowed = groups_to_narrow(groups, widths)
     model = copy.deepcopy(model).eval()
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=images[:1])
-    scorer = _scorer(importance, model, images, labels)
+    scorer = _scorer(importance, model, images, labels, ignore_index)
     generator = torch.Generator().manual_seed(seed)
 
     # Score every group on the intact network first: pruning one group changes other layers'
@@ -90,7 +92,7 @@ def prune_channels(
     return model.eval()
 
 
-def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None):
+def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, ignore_index: int):
     import torch_pruning as tp
 
     if importance in ("l1", "l2"):
@@ -99,12 +101,12 @@ def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: tor
         return None  # drawn from the seeded generator above, not torch's global stream
     model.zero_grad(set_to_none=True)
     if importance == "taylor":
-        F.cross_entropy(model(images), labels).backward()
+        F.cross_entropy(model(images), labels, ignore_index=ignore_index).backward()
         return tp.importance.GroupTaylorImportance()
     scorer = _summed_hessian_importance()()
     for x, y in zip(images, labels):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[None]), y[None]).backward()
+        F.cross_entropy(model(x[None]), y[None], ignore_index=ignore_index).backward()
         scorer.accumulate_grad(model)
     return scorer
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from ..neumeta.graph import ChannelGroup
 from ..neumeta.morph import named_tensors, resize, slice_channels
+from ..neumeta.tasks import TaskKind
 
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -80,12 +80,12 @@ class SlimmableNetwork(nn.Module):
         return shared + sum(p.numel() for p in self.norms.parameters())
 
 
-def slimmable_objective(net: SlimmableNetwork) -> Callable:
-    """Cross-entropy summed over every trained width for each batch (the slimmable training rule:
-    all widths see every batch, their gradients add up on the shared weights)."""
+def slimmable_objective(net: SlimmableNetwork, kind: TaskKind = TaskKind()) -> Callable:
+    """The task loss (cross-entropy) summed over every trained width for each batch (the slimmable
+    training rule: all widths see every batch, their gradients add up on the shared weights)."""
 
     def objective(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        losses = [F.cross_entropy(net(x, i), y) for i in range(len(net.widths))]
+        losses = [kind.loss(net(x, i), y) for i in range(len(net.widths))]
         loss = torch.stack(losses).sum()
         return loss, {"task": loss.detach()}
 

@@ -16,6 +16,7 @@ class DeviceData:
         std = torch.tensor(splits["std"], device=device).view(1, -1, 1, 1)
         self.x = (splits[f"x_{split}"].to(device).float() / 255.0 - mean) / std
         self.y = splits[f"y_{split}"].to(device)
+        self.ignore_index = splits.get("ignore_index")  # label maps: what crops pad with
 
     def __len__(self) -> int:
         return len(self.y)
@@ -46,10 +47,13 @@ class DeviceData:
             if len(idx) < world:
                 continue
             idx = idx[rank::world]
-            x = self.x[idx]
+            x, y = self.x[idx], self.y[idx]
             if crops is not None:
-                x = apply_augmentation(x, tuple(c[rank::world] for c in crops))
-            yield x, self.y[idx]
+                crops = tuple(c[rank::world] for c in crops)
+                x = apply_augmentation(x, crops)
+                if y.dim() == 3:  # a label map moves with its image; what the crop brings in is void
+                    y = apply_augmentation(y[:, None], crops, fill=self.ignore_index)[:, 0]
+            yield x, y
 
     def take(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples at ``indices`` of the split, in that order."""
@@ -77,11 +81,13 @@ def augmentation(n: int, kind: str, generator: torch.Generator) -> tuple[torch.T
     return dy, dx, flip
 
 
-def apply_augmentation(x: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Crop and flip each image of ``x`` as drawn."""
+def apply_augmentation(
+    x: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor], fill: float | int = 0
+) -> torch.Tensor:
+    """Crop and flip each image of ``x`` as drawn; the padding the crops reach into is ``fill``."""
     dy, dx, flip = (d.to(x.device) for d in draws)
     n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (_PAD, _PAD, _PAD, _PAD))
+    padded = torch.nn.functional.pad(x, (_PAD, _PAD, _PAD, _PAD), value=fill)
     rows = (dy[:, None] + torch.arange(h, device=x.device)[None]).view(n, 1, h, 1)
     cols = torch.arange(w, device=x.device)[None].expand(n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)

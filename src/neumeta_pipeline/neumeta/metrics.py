@@ -5,16 +5,42 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import DeviceData
-
-
 @torch.no_grad()
-def accuracy(forward, data: DeviceData, batch_size: int = 1000) -> float:
+def accuracy(forward, data, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``forward`` (a module or any callable from inputs to logits) on ``data``."""
     correct = 0
     for x, y in data.batches(batch_size):
         correct += int((forward(x).argmax(dim=1) == y).sum())
     return correct / max(1, len(data))
+
+
+@torch.no_grad()
+def segmentation_scores(forward, data, num_classes: int, ignore_index: int | None, batch_size: int = 16) -> dict:
+    """Segmentation metrics of ``forward`` (inputs to per-pixel logits) over a whole split: pixel
+    counts are summed over every image first, then turned into scores (not averaged per batch or
+    per image). Pixels labelled ``ignore_index`` (void) count nowhere.
+
+    Returns ``miou`` (mean IoU over the classes that occur in the labels or the predictions),
+    ``iou`` (per class; NaN for a class that occurs in neither), ``pixel_accuracy`` and ``mean_f1``.
+    """
+    import segmentation_models_pytorch as smp
+
+    totals = torch.zeros(4, num_classes, dtype=torch.long)
+    for x, y in data.batches(batch_size):
+        stats = smp.metrics.get_stats(forward(x).argmax(dim=1), y, mode="multiclass", num_classes=num_classes, ignore_index=ignore_index)
+        totals += torch.stack([s.sum(0).cpu() for s in stats])
+    tp, fp, fn, tn = totals
+    present = (tp + fp + fn) > 0
+    iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none").double()
+    f1 = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none").double()
+    iou[~present] = float("nan")
+    labelled = int((tp + fn).sum())  # every valid pixel is a tp or an fn of its true class
+    return {
+        "miou": float(iou[present].mean()) if present.any() else float("nan"),
+        "iou": iou.tolist(),
+        "pixel_accuracy": int(tp.sum()) / max(1, labelled),
+        "mean_f1": float(f1[present].mean()) if present.any() else float("nan"),
+    }
 
 
 def count_params_and_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from .distributed import rank_and_world
 from .inr import NeuMetaINR
 from .morph import MorphSpec, batch_statistics, slice_channels
 from .resume import ResumeFile
+from .tasks import TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +261,11 @@ class _Objective(nn.Module):
         return self.objective(x, y)
 
 
-def classification_objective(model: nn.Module) -> Callable:
+def task_objective(model: nn.Module, kind: TaskKind = TaskKind()) -> Callable:
+    """The kind's loss of ``model`` on a batch (cross-entropy per image or per pixel)."""
+
     def objective(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        loss = F.cross_entropy(model(x), y)
+        loss = kind.loss(model(x), y)
         return loss, {"task": loss.detach()}
 
     return objective
@@ -330,6 +333,7 @@ class NeuMetaLoss:
     kd_temperature: float = 1.0
     active: set[str] | None = None
     batch_stats: bool = False  # the target keeps BatchNorm: generated networks normalise with batch statistics
+    kind: TaskKind = TaskKind()  # the task loss and distillation term (classification or segmentation)
 
     def __post_init__(self) -> None:
         if self.width_sampling not in WIDTH_SAMPLING:
@@ -384,17 +388,17 @@ class NeuMetaLoss:
         teacher = None
         if self.lambda_kd > 0:
             with torch.no_grad():
-                teacher = F.log_softmax(self.target(x) / self.kd_temperature, dim=-1)
+                teacher = F.log_softmax(self.target(x) / self.kd_temperature, dim=1)
         task = kd = reg = 0.0
         full = None
         for widths in configurations:
             raw, weights = self.weights(self.inr, widths, self.coord_noise, generator=self.generator, trained=trained)
             with batch_statistics(self.target) if self.batch_stats else contextlib.nullcontext():
                 logits = self.spec.run(self.target, widths, weights, x)
-            task = task + F.cross_entropy(logits, y) / len(configurations)
+            task = task + self.kind.loss(logits, y) / len(configurations)
             if teacher is not None and widths != self.full:
-                student = F.log_softmax(logits / self.kd_temperature, dim=-1)
-                kd = kd + self.kd_temperature**2 * F.kl_div(student, teacher, log_target=True, reduction="batchmean") / len(configurations)
+                student = F.log_softmax(logits / self.kd_temperature, dim=1)
+                kd = kd + self.kd_temperature**2 * self.kind.kl(student, teacher) / len(configurations)
             if self.lambda_reg > 0:
                 reg = reg + torch.stack([w.norm() for w in raw.values()]).sum() / len(configurations)
             if widths == self.full and full is None:

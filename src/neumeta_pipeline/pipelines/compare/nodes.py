@@ -27,11 +27,12 @@ from ...models import build_model
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta.fuse import fuse_batchnorm
 from ...neumeta.graph import channel_groups
-from ...neumeta.metrics import accuracy, count_params_and_macs, features_and_logits, linear_cka, mean_kl
+from ...neumeta.metrics import count_params_and_macs, features_and_logits, linear_cka, mean_kl
 from ...neumeta.morph import MorphSpec
 from ...neumeta.resume import content_hash
-from ...neumeta.train import classification_objective, device_label, fit, resolve_device, seed_everything
-from ..neumeta.nodes import _distributed, check_labels, first_images, fit_config, pretrain_recipe, result_row, resume_file
+from ...neumeta.train import task_objective, device_label, fit, resolve_device, seed_everything
+from ...neumeta.tasks import METRIC_NAMES, METRIC_SHORT, task_kind
+from ..neumeta.nodes import _distributed, check_labels, first_images, fit_config, pretrain_recipe, result_row, resume_file, table_scores
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,10 @@ def _train_individual(
         check_labels(splits, net, example_input(arch).to(dev))
         settings = {"model": arch, "widths": w}
         with resume_file(recipe, task, f"individual_{gamma:g}", seed, dev, settings, inputs) as resume:
-            result = _fit_classifier(net, classification_objective(net), splits, dev, recipe, generator, f"individual {gamma:g}", resume)
+            result = _fit_network(net, task_objective(net, task_kind(splits)), splits, dev, recipe, generator, f"individual {gamma:g}", resume)
         models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
         runs[f"{gamma:g}"] = result.history
-        log.info("individual %g: validation accuracy %.4f", gamma, result.best_score)
+        log.info("individual %g: validation score %.4f", gamma, result.best_score)
     return {"individual": models}, _history(dev, "individual", runs, sum(_parameters(m["state_dict"]) for m in models.values()))
 
 
@@ -81,16 +82,16 @@ def _train_slimmable(
     trained = list(_widths(arch, morph, params.slimmable_compressions).values())
     net = SlimmableNetwork(base, channel_groups(base, example_input(arch)), trained).to(dev)
     check_labels(splits, base, example_input(arch).to(dev))
-    val = split_data(splits, "val", dev)
+    val, kind = split_data(splits, "val", dev), task_kind(splits)
 
     def validate(module: SlimmableNetwork) -> float:
-        return sum(accuracy(lambda x, i=i: module(x, i), val) for i in range(len(trained))) / len(trained)
+        return sum(kind.score(lambda x, i=i: module(x, i), val) for i in range(len(trained))) / len(trained)
 
     recipe = pretrain_recipe(pretrain)
     with resume_file(recipe, task, "slimmable", seed, dev, {"model": arch, "widths": trained}, {"splits": content_hash(splits)}) as resume:
-        result = fit(net, slimmable_objective(net), split_data(splits, "train", dev), validate, fit_config(recipe), generator,
+        result = fit(net, slimmable_objective(net, kind), split_data(splits, "train", dev), validate, fit_config(recipe), generator,
                      "slimmable", resume)
-    log.info("slimmable: mean validation accuracy over trained widths %.4f", result.best_score)
+    log.info("slimmable: mean validation score over trained widths %.4f", result.best_score)
     best = result.best.cpu()
     models = {
         f"{gamma:g}": model_checkpoint(
@@ -119,7 +120,8 @@ def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baseline
         method = f"pruning_{importance}"
         models[method] = {}
         for gamma, w in widths.items():
-            pruned = prune_channels(net, groups, w, importance, images, labels if importance in NEEDS_GRADIENTS else None, seed)
+            pruned = prune_channels(net, groups, w, importance, images, labels if importance in NEEDS_GRADIENTS else None, seed,
+                                    ignore_index=-100 if splits.get("ignore_index") is None else splits["ignore_index"])
             models[method][f"{gamma:g}"] = model_checkpoint(pruned, arch, widths=w, compression=gamma, seen_in_training=False)
         seconds[method] = time.perf_counter() - start
     stored = {method: _parameters(pretrained_model["state_dict"]) for method in models}
@@ -154,25 +156,25 @@ def _train_distilled(
             continue
         generator = seed_everything(seed)
         student = fresh_at_widths(arch, w).to(dev)
-        objective = distillation_objective(student, teacher, params.distill_temperature, params.distill_alpha)
+        objective = distillation_objective(student, teacher, params.distill_temperature, params.distill_alpha, task_kind(splits))
         settings = {"widths": w, "temperature": params.distill_temperature, "alpha": params.distill_alpha}
         with resume_file(recipe, task, f"distilled_{gamma:g}", seed, dev, settings, inputs) as resume:
-            result = _fit_classifier(student, objective, splits, dev, recipe, generator, f"distilled {gamma:g}", resume)
+            result = _fit_network(student, objective, splits, dev, recipe, generator, f"distilled {gamma:g}", resume)
         models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
         runs[f"{gamma:g}"] = result.history
-        log.info("distilled %g: validation accuracy %.4f", gamma, result.best_score)
+        log.info("distilled %g: validation score %.4f", gamma, result.best_score)
     return {"distilled": models}, _history(dev, "distilled", runs, sum(_parameters(m["state_dict"]) for m in models.values()))
 
 
 def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, evaluate: dict, task: str) -> pd.DataFrame:
-    """Test accuracy, deployable parameters and MACs of every baseline model, with its method's
+    """Test scores (the task kind's), deployable parameters and MACs of every baseline model, with its method's
     training seconds and stored parameters. Counts are taken with BatchNorm folded, relative to the
     full-width network folded the same way, as for NeuMeta."""
     params = EvaluateParams.model_validate(evaluate)
     arch = ModelParams.model_validate(model).model_dump()
     x0 = example_input(arch)
     base_params, base_macs = count_params_and_macs(fuse_batchnorm(build_model(arch["name"], **arch["kwargs"]).eval()), x0)
-    test = split_data(splits, "test", "cpu")
+    test, kind = split_data(splits, "test", "cpu"), task_kind(splits)
     rows = []
     for method, by_width in models.items():
         seconds = history["seconds"][method]
@@ -180,7 +182,7 @@ def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, ev
             net = load_model(checkpoint)
             row = result_row(
                 task, method, float(checkpoint["compression"]), checkpoint["seen_in_training"], checkpoint["widths"],
-                accuracy(net, test, params.batch_size), *count_params_and_macs(fuse_batchnorm(net), x0), base_params, base_macs,
+                table_scores(kind, net, test, params.batch_size, splits), *count_params_and_macs(fuse_batchnorm(net), x0), base_params, base_macs,
             )
             rows.append({**row, "train_seconds": seconds, "device": history["device"], "stored_parameters": history["stored_parameters"][method]})
     return pd.DataFrame(rows)
@@ -195,7 +197,7 @@ def compare_methods(
     *baseline_tables: pd.DataFrame,
     task: str,
 ) -> tuple[pd.DataFrame, go.Figure, Figure]:
-    """The paper's Table 2 for this task: accuracy per method and compression, training cost in
+    """The paper's Table 2 for this task: the score (accuracy, mIoU) per method and compression, training cost in
     device-hours and the parameters each method stores to serve every width, with a chart.
 
     Methods built on the pretrained network (NeuMeta, pruning, distillation) are charged its
@@ -225,8 +227,9 @@ def compare_methods(
     # The table keeps the widths every method was built at; the chart shows every point.
     common = sorted(set.intersection(*(set(t.compression) for _, t in long.groupby("method"))))
     shared = long[long.compression.isin(common)]
-    wide = shared.pivot_table(index="method", columns="compression", values="accuracy", sort=False)
-    wide.columns = [f"acc@{100 * c:g}%" for c in wide.columns]
+    metric = _metric(long)
+    wide = shared.pivot_table(index="method", columns="compression", values=metric, sort=False)
+    wide.columns = [f"{METRIC_SHORT[metric]}@{100 * c:g}%" for c in wide.columns]
     per_method = long.groupby("method", sort=False).agg(
         train_seconds=("train_seconds", "first"), device=("device", "first"), stored_parameters=("stored_parameters", "first")
     )
@@ -237,7 +240,7 @@ def compare_methods(
     table = wide.join(per_method).join(untrained.rename("widths_not_trained")).fillna({"widths_not_trained": ""})
     table = table.reset_index()
     table.insert(0, "task", task)
-    return table, _comparison_plotly(long, task), _comparison_png(long, task)
+    return table, _comparison_plotly(long, task, metric), _comparison_png(long, task, metric)
 
 
 def analyse_similarity(
@@ -282,9 +285,14 @@ def _widths(arch: dict, morph: dict, compressions: list[float]) -> dict[float, d
     return {gamma: spec.widths(gamma) for gamma in compressions}
 
 
-def _fit_classifier(net, objective, splits, dev, recipe: FitParams, generator, desc, resume):
-    train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
-    return fit(net, objective, train, lambda m: accuracy(m, val), fit_config(recipe), generator, desc, resume)
+def _fit_network(net, objective, splits, dev, recipe: FitParams, generator, desc, resume):
+    train, val, kind = split_data(splits, "train", dev), split_data(splits, "val", dev), task_kind(splits)
+    return fit(net, objective, train, lambda m: kind.score(m, val), fit_config(recipe), generator, desc, resume)
+
+
+def _metric(table: pd.DataFrame) -> str:
+    """A result table's score column: its task kind's main metric."""
+    return "accuracy" if "accuracy" in table.columns else "miou"
 
 
 def _history(dev: torch.device, method: str, runs: dict[str, list[dict]], stored: int) -> dict:
@@ -312,7 +320,7 @@ def _trained_range(long: pd.DataFrame) -> tuple[float, float] | None:
     return (100 * seen.min(), 100 * seen.max()) if len(seen) else None
 
 
-def _comparison_plotly(long: pd.DataFrame, task: str) -> go.Figure:
+def _comparison_plotly(long: pd.DataFrame, task: str, metric: str = "accuracy") -> go.Figure:
     fig = go.Figure()
     span = _trained_range(long)
     if span is not None:
@@ -321,15 +329,15 @@ def _comparison_plotly(long: pd.DataFrame, task: str) -> go.Figure:
     for method, rows in long.groupby("method", sort=False):
         rows = rows.sort_values("compression")
         fig.add_trace(go.Scatter(
-            x=100 * rows.compression, y=100 * rows.accuracy, mode="lines+markers", name=_label(method),
+            x=100 * rows.compression, y=100 * rows[metric], mode="lines+markers", name=_label(method),
             line={"dash": "dot" if method.startswith("pruning_") else "solid"},
         ))
-    fig.update_layout(title=f"{task}: test accuracy of every method vs compression",
-                      xaxis_title="compression of morphable channels (%)", yaxis_title="test accuracy (%)")
+    fig.update_layout(title=f"{task}: test {METRIC_NAMES[metric]} of every method vs compression",
+                      xaxis_title="compression of morphable channels (%)", yaxis_title=f"test {METRIC_NAMES[metric]} (%)")
     return fig
 
 
-def _comparison_png(long: pd.DataFrame, task: str) -> Figure:
+def _comparison_png(long: pd.DataFrame, task: str, metric: str = "accuracy") -> Figure:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     span = _trained_range(long)
@@ -337,8 +345,9 @@ def _comparison_png(long: pd.DataFrame, task: str) -> Figure:
         ax.axvspan(*span, color="lightgrey", alpha=0.5, label="NeuMeta's trained widths")
     for method, rows in long.groupby("method", sort=False):
         rows = rows.sort_values("compression")
-        ax.plot(100 * rows.compression, 100 * rows.accuracy, ":o" if method.startswith("pruning_") else "-o", label=_label(method))
-    ax.set(xlabel="compression of morphable channels (%)", ylabel="test accuracy (%)", title=f"{task}: accuracy vs compression")
+        ax.plot(100 * rows.compression, 100 * rows[metric], ":o" if method.startswith("pruning_") else "-o", label=_label(method))
+    name = METRIC_NAMES[metric]
+    ax.set(xlabel="compression of morphable channels (%)", ylabel=f"test {name} (%)", title=f"{task}: {name} vs compression")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

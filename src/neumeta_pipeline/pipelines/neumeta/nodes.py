@@ -28,7 +28,7 @@ from ...config import (
     SampleParams,
     TrainINRParams,
 )
-from ...data import STREAMED_SOURCE, folder_splits, load_source, make_splits, split_data
+from ...data import SEGMENTATION_SOURCES, STREAMED_SOURCE, folder_splits, load_source, make_splits, pad_label_maps, split_data
 from ...errors import UserError
 from ...models import build_model, load_pretrained_weights
 from ...models.checkpoint import example_input, load_model, model_checkpoint
@@ -36,7 +36,7 @@ from ...neumeta import fuse, graph, permute
 from ...neumeta.export import export_onnx as onnx_export
 from ...neumeta.distributed import launch, rank_and_world
 from ...neumeta.inr import NeuMetaINR
-from ...neumeta.metrics import accuracy, collapse_alarms, count_params_and_macs, weight_norm
+from ...neumeta.metrics import collapse_alarms, count_params_and_macs, weight_norm
 from ...neumeta.morph import (
     MorphSpec,
     batchnorm_statistics,
@@ -47,10 +47,11 @@ from ...neumeta.morph import (
 )
 from ...neumeta.resume import ResumeFile, content_hash
 from ...neumeta.sample import load_inr, sample_model
+from ...neumeta.tasks import METRIC_NAMES, task_kind
 from ...neumeta.train import (
     FitConfig,
     NeuMetaLoss,
-    classification_objective,
+    task_objective,
     device_label,
     fit,
     fit_reconstruction,
@@ -72,6 +73,8 @@ def prepare_data(data: dict, seed: int) -> dict:
     else:
         arrays = load_source(params.source, params.root, params.download)
         splits = make_splits(arrays, params.val_fraction, params.test_fraction, seed, params.max_train)
+    if params.source in SEGMENTATION_SOURCES:
+        splits = {**pad_label_maps(splits, params.pad_to_multiple), "kind": "segmentation"}
     splits["made_with"] = params.split_settings(seed)  # a later stage refuses a split made otherwise
     log.info(
         "data %s: %d train, %d validation, %d test images",
@@ -101,8 +104,9 @@ def _pretrained_from_weights(splits: dict, model: dict, params: PretrainParams, 
     load_pretrained_weights(net, arch["name"], params.weights)
     net = net.to(dev).eval()
     check_labels(splits, net, example_input(arch).to(dev))
-    score = accuracy(net, split_data(splits, "val", dev))
-    log.info("pretrained %s from %s: validation accuracy %.4f (not trained here)", arch["name"], params.weights, score)
+    kind = task_kind(splits)
+    score = kind.score(net, split_data(splits, "val", dev))
+    log.info("pretrained %s from %s: validation %s %.4f (not trained here)", arch["name"], params.weights, kind.metric, score)
     return model_checkpoint(net, arch, val_accuracy=score), [{"epoch": 0, "val_score": score, "weights": params.weights}]
 
 
@@ -128,10 +132,11 @@ def _pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str,
     net = build_model(arch["name"], **arch["kwargs"]).to(dev)
     check_labels(splits, net, example_input(arch).to(dev))
     train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
+    kind = task_kind(splits)
     with resume_file(params, task, "pretrain", seed, dev, {"model": arch}, {"splits": content_hash(splits)}) as resume:
-        result = fit(net, classification_objective(net), train, lambda m: accuracy(m, val), fit_config(params), generator,
+        result = fit(net, task_objective(net, kind), train, lambda m: kind.score(m, val), fit_config(params), generator,
                      "pretrain", resume)
-    log.info("pretrained %s: best validation accuracy %.4f at epoch %d", arch["name"], result.best_score, result.best_epoch)
+    log.info("pretrained %s: best validation %s %.4f at epoch %d", arch["name"], kind.metric, result.best_score, result.best_epoch)
     return model_checkpoint(result.best, arch, val_accuracy=result.best_score), result.history
 
 
@@ -223,13 +228,13 @@ def _train_inr(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
         train_p.lambda_recon, train_p.lambda_reg, widths_generator, train_p.tensor_fraction,
         train_p.width_sampling, train_p.widths_per_step, train_p.lambda_kd, train_p.kd_temperature,
-        batch_stats=keeps_batchnorm,
+        batch_stats=keeps_batchnorm, kind=task_kind(splits),
     )
     train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
     calibration = first_images(train, morph_p.calibration_images) if keeps_batchnorm else None
 
     def validate(module: NeuMetaINR) -> float:
-        # Mean validation accuracy over a few seen widths (of the blocks trained so far). K = 1
+        # Mean validation score (accuracy, mIoU) over a few seen widths (of the blocks trained so far). K = 1
         # without noise is fast; the deployed K and noise select the epoch whose sampled networks
         # are best. The noise has its own fixed stream, so validating never shifts the training's
         # random draws.
@@ -240,7 +245,7 @@ def _train_inr(
             if calibration is not None:
                 tensors = {**spec.frozen_tensors(target, widths), **weights}
                 weights = {**weights, **batchnorm_statistics(target, tensors, calibration)}
-            scores.append(accuracy(lambda x: spec.run(target, widths, weights, x), val))
+            scores.append(loss.kind.score(lambda x: spec.run(target, widths, weights, x), val))
         return sum(scores) / len(scores)
 
     # Stages: the blocks trained in each, and for how many epochs. One stage is the joint training.
@@ -291,7 +296,7 @@ def _train_inr(
         for resume in resumes:
             if resume is not None:
                 resume.finish()
-    log.info("INR: best mean validation accuracy %.4f at epoch %d", result.best_score, result.best_epoch)
+    log.info("INR: best mean validation %s %.4f at epoch %d", loss.kind.metric, result.best_score, result.best_epoch)
     checkpoint = {
         "spec": spec.to_dict(),
         "inr_config": hyper.config,
@@ -346,7 +351,8 @@ def evaluate(
     evaluate_params: dict,
     task: str,
 ) -> tuple[dict, pd.DataFrame, go.Figure, Figure]:
-    """Test accuracy, parameters and MACs of every sampled width next to the pretrained network.
+    """Test scores (the task kind's: accuracy, or mIoU with per-class IoU, pixel accuracy and mean
+    F1), parameters and MACs of every sampled width next to the pretrained network.
 
     Reductions are relative to the fused full-width network, the deployable form of the
     pretrained one, so folding BatchNorm is not counted as compression.
@@ -354,10 +360,12 @@ def evaluate(
     params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
     low, high = morph_p.compression_range
     test = split_data(splits, "test", "cpu")
+    kind = task_kind(splits)
     x0 = example_input(pretrained_model["arch"])
     base = load_model(pretrained_model)
     base_params, base_macs = count_params_and_macs(load_model(fused_model), x0)
-    rows = [result_row(task, "pretrained", 0.0, True, {}, accuracy(base, test, params.batch_size), *count_params_and_macs(base, x0), base_params, base_macs)]
+    rows = [result_row(task, "pretrained", 0.0, True, {}, table_scores(kind, base, test, params.batch_size, splits),
+                       *count_params_and_macs(base, x0), base_params, base_macs)]
     norms = {}
     for key, checkpoint in sampled_models.items():
         net = load_model(checkpoint)
@@ -366,22 +374,24 @@ def evaluate(
         norms[gamma] = weight_norm(net)
         rows.append(
             result_row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
-                 accuracy(net, test, params.batch_size), n_params, n_macs, base_params, base_macs)
+                       table_scores(kind, net, test, params.batch_size, splits), n_params, n_macs, base_params, base_macs)
         )
     table = pd.DataFrame(rows)
     ours = table[table.method == "neumeta"]
     with torch.no_grad():
         classes = base.eval()(x0).shape[1]
-    alarms = collapse_alarms(dict(zip(ours.compression, ours.accuracy)), norms, weight_norm(base), 1.0 / classes, rows[0]["accuracy"])
+    chance = 1.0 / classes if kind.name == "classification" else None
+    alarms = collapse_alarms(dict(zip(ours.compression, ours[kind.metric])), norms, weight_norm(base), chance, rows[0][kind.metric])
     for alarm in alarms:
         log.warning("COLLAPSE ALARM (%s): %s", task, alarm)
     metrics = {
         "task": task,
-        "pretrained_accuracy": rows[0]["accuracy"],
+        "metric": kind.metric,
+        f"pretrained_{kind.metric}": rows[0][kind.metric],
         "results": table[table.method == "neumeta"].to_dict(orient="records"),
         "collapse_alarms": alarms,
     }
-    return metrics, table, _plotly_chart(table, task, (low, high)), _png_chart(table, task, (low, high))
+    return metrics, table, _plotly_chart(table, task, (low, high), kind.metric), _png_chart(table, task, (low, high), kind.metric)
 
 
 def export_onnx(sampled_models: dict, export: dict) -> tuple[bytes, dict]:
@@ -446,19 +456,33 @@ def first_images(data, count: int) -> torch.Tensor:
 def check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         classes = net.eval()(x).shape[1]
-    top = int(max(splits["y_train"].max(), splits["y_test"].max()))
+    labels = torch.cat([splits["y_train"].flatten(), splits["y_test"].flatten()])
+    if splits.get("ignore_index") is not None:
+        labels = labels[labels != splits["ignore_index"]]  # void pixels have no output channel
+    top = int(labels.max())
     if top >= classes:
         raise ValueError(f"labels go up to {top} but the model has {classes} outputs: set model.kwargs.num_classes")
 
 
-def result_row(task, method, gamma, seen, widths, acc, n_params, n_macs, base_params, base_macs) -> dict:
+def table_scores(kind, forward, data, batch_size: int, splits: dict) -> dict:
+    """A result row's score columns: the kind's metrics, a segmentation's per-class IoU as one
+    column per class (``iou_<class>``)."""
+    scores = kind.scores(forward, data, batch_size)
+    per_class = scores.pop("iou", None)
+    if per_class is not None:
+        names = splits.get("class_names") or [str(c) for c in range(len(per_class))]
+        scores.update({f"iou_{name}": value for name, value in zip(names, per_class)})
+    return scores
+
+
+def result_row(task, method, gamma, seen, widths, scores: dict, n_params, n_macs, base_params, base_macs) -> dict:
     return {
         "task": task,
         "method": method,
         "compression": gamma,
         "seen_in_training": bool(seen),
         "widths": ",".join(f"{k}={v}" for k, v in widths.items()) or "full",
-        "accuracy": acc,
+        **scores,
         "params": n_params,
         "macs": n_macs,
         "params_reduction": 1.0 - n_params / base_params,
@@ -466,28 +490,30 @@ def result_row(task, method, gamma, seen, widths, acc, n_params, n_macs, base_pa
     }
 
 
-def _plotly_chart(table: pd.DataFrame, task: str, seen: tuple[float, float]) -> go.Figure:
+def _plotly_chart(table: pd.DataFrame, task: str, seen: tuple[float, float], metric: str = "accuracy") -> go.Figure:
     ours = table[table.method == "neumeta"].sort_values("compression")
+    name = METRIC_NAMES[metric]
     fig = go.Figure()
     fig.add_vrect(x0=100 * seen[0], x1=100 * seen[1], fillcolor="lightgrey", opacity=0.3, line_width=0,
                   annotation_text="trained widths")
-    fig.add_trace(go.Scatter(x=100 * ours.compression, y=100 * ours.accuracy, mode="lines+markers", name="NeuMeta",
+    fig.add_trace(go.Scatter(x=100 * ours.compression, y=100 * ours[metric], mode="lines+markers", name="NeuMeta",
                              text=ours.widths, hovertemplate="%{x}%%: %{y:.2f}%% (%{text})"))
-    fig.add_hline(y=100 * table.accuracy.iloc[0], line_dash="dash", annotation_text="pretrained (full width)")
-    fig.update_layout(title=f"{task}: test accuracy vs compression", xaxis_title="compression of morphable channels (%)",
-                      yaxis_title="test accuracy (%)")
+    fig.add_hline(y=100 * table[metric].iloc[0], line_dash="dash", annotation_text="pretrained (full width)")
+    fig.update_layout(title=f"{task}: test {name} vs compression", xaxis_title="compression of morphable channels (%)",
+                      yaxis_title=f"test {name} (%)")
     return fig
 
 
-def _png_chart(table: pd.DataFrame, task: str, seen: tuple[float, float]) -> Figure:
+def _png_chart(table: pd.DataFrame, task: str, seen: tuple[float, float], metric: str = "accuracy") -> Figure:
     # A bare Figure, not pyplot: no global backend switch, no window, nothing left open.
     ours = table[table.method == "neumeta"].sort_values("compression")
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.axvspan(100 * seen[0], 100 * seen[1], color="lightgrey", alpha=0.5, label="trained widths")
-    ax.plot(100 * ours.compression, 100 * ours.accuracy, "o-", label="NeuMeta")
-    ax.axhline(100 * table.accuracy.iloc[0], ls="--", color="black", label="pretrained (full width)")
-    ax.set(xlabel="compression of morphable channels (%)", ylabel="test accuracy (%)", title=f"{task}: accuracy vs compression")
+    name = METRIC_NAMES[metric]
+    ax.plot(100 * ours.compression, 100 * ours[metric], "o-", label="NeuMeta")
+    ax.axhline(100 * table[metric].iloc[0], ls="--", color="black", label="pretrained (full width)")
+    ax.set(xlabel="compression of morphable channels (%)", ylabel=f"test {name} (%)", title=f"{task}: {name} vs compression")
     ax.legend()
     fig.tight_layout()
     return fig
