@@ -13,11 +13,13 @@ from .resnet_cifar import CifarResNet
 from .vae import ConvVAE
 
 
-def _smp_unet(encoder_name: str = "resnet18", classes: int = 21, in_channels: int = 3) -> nn.Module:
+def _smp_unet(encoder_name: str = "resnet18", classes: int = 21, in_channels: int = 3, **kwargs) -> nn.Module:
+    """smp's U-Net without downloaded encoder weights (pretrained weights come through
+    ``load_pretrained_weights``); ``kwargs`` go to ``smp.Unet`` (e.g. ``encoder_depth``)."""
     # Imported lazily: segmentation-models-pytorch pulls in timm, which is slow to import.
     import segmentation_models_pytorch as smp
 
-    return smp.Unet(encoder_name=encoder_name, encoder_weights=None, classes=classes, in_channels=in_channels)
+    return smp.Unet(encoder_name=encoder_name, encoder_weights=None, classes=classes, in_channels=in_channels, **kwargs)
 
 
 def _torchvision(name: str, num_classes: int = 1000, **kwargs) -> nn.Module:
