@@ -56,7 +56,9 @@ class DataParams(_Section):
         if self.pad_to_multiple > 1 and self.source not in SEGMENTATION_SOURCES:
             raise ValueError(f"data.pad_to_multiple applies to segmentation sources {SEGMENTATION_SOURCES}, not {self.source!r}")
         if self.source == STREAMED_SOURCE and self.resize_size < self.image_size:
-            raise ValueError(f"data.resize_size {self.resize_size} must be >= data.image_size {self.image_size} (it is centre-cropped to it)")
+            raise ValueError(
+                f"data.resize_size {self.resize_size} must be >= data.image_size {self.image_size} (it is centre-cropped to it)"
+            )
         return self
 
     def split_settings(self, seed: int) -> dict:
@@ -327,7 +329,9 @@ class TaskParams(_Section):
         allowed = ("none", "resized_crop_flip") if self.data.source == STREAMED_SOURCE else ("none", "crop_flip")
         for key, section in (("pretrain", self.pretrain), ("train_inr", self.train_inr)):
             if section.augment not in allowed:
-                raise ValueError(f"{key}.augment {section.augment!r} does not apply to data.source {self.data.source!r}; use one of {allowed}")
+                raise ValueError(
+                    f"{key}.augment {section.augment!r} does not apply to data.source {self.data.source!r}; use one of {allowed}"
+                )
         return self
 
     @model_validator(mode="after")

@@ -2,9 +2,20 @@
 
 from .batches import DeviceData, augment_batch, split_data
 from .folders import IMAGE_EXTENSIONS, FolderData, check_image_folder, folder_splits
-from .sources import SEGMENTATION_SOURCES, SOURCES, STREAMED_SOURCE, DataNotFoundError, check_available, load_source, make_splits, pad_label_maps, read_cifar_batch
+from .sources import (
+    SEGMENTATION_SOURCES,
+    SOURCES,
+    STREAMED_SOURCE,
+    DataNotFoundError,
+    check_available,
+    load_source,
+    make_splits,
+    pad_label_maps,
+    read_cifar_batch,
+)
 
 __all__ = [
-    "SEGMENTATION_SOURCES", "SOURCES", "STREAMED_SOURCE", "split_data", "DataNotFoundError", "check_available", "DeviceData", "augment_batch", "load_source", "make_splits", "pad_label_maps",
-    "read_cifar_batch", "IMAGE_EXTENSIONS", "FolderData", "check_image_folder", "folder_splits",
+    "SEGMENTATION_SOURCES", "SOURCES", "STREAMED_SOURCE", "DataNotFoundError", "DeviceData", "FolderData", "IMAGE_EXTENSIONS",
+    "augment_batch", "check_available", "check_image_folder", "folder_splits", "load_source", "make_splits", "pad_label_maps",
+    "read_cifar_batch", "split_data",
 ]

@@ -215,7 +215,8 @@ def _camvid_pairs(root: Path) -> dict[str, list[tuple[Path, Path]]]:
             raise DataNotFoundError(_camvid_missing(root, f"{images} holds no PNG"))
         missing = [f.name for f in files if not (labels / f.name).is_file()]
         if missing:
-            raise DataNotFoundError(_camvid_missing(root, f"{len(missing)} image(s) of {images} have no label in {labels}, e.g. {missing[0]}"))
+            problem = f"{len(missing)} image(s) of {images} have no label in {labels}, e.g. {missing[0]}"
+            raise DataNotFoundError(_camvid_missing(root, problem))
         pairs[split] = [(f, labels / f.name) for f in files]
     return pairs
 

@@ -38,10 +38,6 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main_process() -> bool:
-    return rank_and_world()[0] == 0
-
-
 def launch(settings: dict, run_id: str, function: Callable[..., Any], *args: Any) -> Any:
     """Run ``function(*args)`` in every worker process of a distributed run; return rank 0's result.
 

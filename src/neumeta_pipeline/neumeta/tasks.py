@@ -62,11 +62,6 @@ class TaskKind:
     def score(self, forward, data, batch_size: int | None = None) -> float:
         return self.scores(forward, data, batch_size)[self.metric]
 
-    def chance(self) -> float | None:
-        """The main metric of a network that ignores its input, for the collapse alarm (None:
-        no single level for this kind)."""
-        return 1.0 / self.num_classes if self.name == "classification" and self.num_classes else None
-
 
 def task_kind(splits: dict) -> TaskKind:
     """The kind a data split was made for (splits made before kinds existed are classification)."""

@@ -32,7 +32,9 @@ from ...neumeta.morph import MorphSpec
 from ...neumeta.resume import content_hash
 from ...neumeta.train import task_objective, device_label, fit, resolve_device, seed_everything
 from ...neumeta.tasks import METRIC_NAMES, METRIC_SHORT, task_kind
-from ..neumeta.nodes import _distributed, check_labels, first_images, fit_config, pretrain_recipe, result_row, resume_file, table_scores
+from ..neumeta.nodes import (
+    check_labels, first_images, fit_config, pretrain_recipe, result_row, resume_file, run_distributed, table_scores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,9 @@ def train_individual(
     task: str,
 ) -> tuple[dict, dict]:
     """One network per width, trained from scratch with the pretraining recipe and seed."""
-    return _distributed(distributed, task, "individual", _train_individual, splits, model, pretrain, morph, baselines, seed, device, task)
+    return run_distributed(
+        distributed, task, "individual", _train_individual, splits, model, pretrain, morph, baselines, seed, device, task
+    )
 
 
 def _train_individual(
@@ -57,7 +61,8 @@ def _train_individual(
         check_labels(splits, net, example_input(arch).to(dev))
         settings = {"model": arch, "widths": w}
         with resume_file(recipe, task, f"individual_{gamma:g}", seed, dev, settings, inputs) as resume:
-            result = _fit_network(net, task_objective(net, task_kind(splits)), splits, dev, recipe, generator, f"individual {gamma:g}", resume)
+            objective = task_objective(net, task_kind(splits))
+            result = _fit_network(net, objective, splits, dev, recipe, generator, f"individual {gamma:g}", resume)
         models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
         runs[f"{gamma:g}"] = result.history
         log.info("individual %g: validation score %.4f", gamma, result.best_score)
@@ -70,7 +75,9 @@ def train_slimmable(
 ) -> tuple[dict, dict]:
     """One Slimmable network (shared weights, switchable BatchNorm) trained on every seen width at
     once, then cut out at every compared width, the unseen ones included."""
-    return _distributed(distributed, task, "slimmable", _train_slimmable, splits, model, pretrain, morph, baselines, seed, device, task)
+    return run_distributed(
+        distributed, task, "slimmable", _train_slimmable, splits, model, pretrain, morph, baselines, seed, device, task
+    )
 
 
 def _train_slimmable(
@@ -134,7 +141,7 @@ def train_distilled(
 ) -> tuple[dict, dict]:
     """Each narrower width trained from scratch to match the pretrained network's outputs
     (knowledge distillation); the full width is the teacher itself."""
-    return _distributed(
+    return run_distributed(
         distributed, task, "distilled", _train_distilled, pretrained_model, splits, pretrain, morph, baselines, seed, device, task
     )
 
@@ -182,7 +189,8 @@ def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, ev
             net = load_model(checkpoint)
             row = result_row(
                 task, method, float(checkpoint["compression"]), checkpoint["seen_in_training"], checkpoint["widths"],
-                table_scores(kind, net, test, params.batch_size, splits), *count_params_and_macs(fuse_batchnorm(net), x0), base_params, base_macs,
+                table_scores(kind, net, test, params.batch_size, splits), *count_params_and_macs(fuse_batchnorm(net), x0),
+                base_params, base_macs,
             )
             rows.append({**row, "train_seconds": seconds, "device": history["device"], "stored_parameters": history["stored_parameters"][method]})
     return pd.DataFrame(rows)

@@ -94,7 +94,7 @@ def pretrain(
     params = PretrainParams.model_validate(pretrain)
     if params.weights is not None:
         return _pretrained_from_weights(splits, model, params, device)
-    return _distributed(distributed, task, "pretrain", _pretrain, splits, model, pretrain, seed, device, task)
+    return run_distributed(distributed, task, "pretrain", _pretrain, splits, model, pretrain, seed, device, task)
 
 
 def _pretrained_from_weights(splits: dict, model: dict, params: PretrainParams, device: str) -> tuple[dict, list[dict]]:
@@ -110,7 +110,7 @@ def _pretrained_from_weights(splits: dict, model: dict, params: PretrainParams, 
     return model_checkpoint(net, arch, val_accuracy=score), [{"epoch": 0, "val_score": score, "weights": params.weights}]
 
 
-def _distributed(distributed: dict | None, task: str, stage: str, body, *args):
+def run_distributed(distributed: dict | None, task: str, stage: str, body, *args):
     """``body(*args)`` in this process, or data-parallel over the processes ``distributed`` asks for."""
     if distributed is None:
         return body(*args)
@@ -196,7 +196,7 @@ def train_inr(
     ``distributed`` settings every process trains on its share of each batch at a width of its own,
     so one step averages the gradients of several widths.
     """
-    return _distributed(distributed, task, "train_inr", _train_inr, fused_model, splits, morph, inr, train_inr, seed, device, task)
+    return run_distributed(distributed, task, "train_inr", _train_inr, fused_model, splits, morph, inr, train_inr, seed, device, task)
 
 
 def _train_inr(
