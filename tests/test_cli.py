@@ -101,15 +101,16 @@ def test_run_with_the_deprecated_pipeline_flag_then_prune_old_versions(project):
     assert {k: run.data.tags[k] for k in ("tasks", "pipeline")} == {"tasks": "mnist_offline", "pipeline": "mnist_offline"}
     assert run.data.tags["git_commit"] == "unknown"  # the copy is not a git checkout
     assert run.data.tags["run_id"] == chart.parent.name  # the MLflow run names the catalog versions it wrote
-    assert [a.path for a in MlflowClient(f"sqlite:///{project}/mlflow.db").list_artifacts(run.info.run_id)] == ["mnist_offline.accuracy_plot_png.png"]
+    artifacts = [a.path for a in MlflowClient(f"sqlite:///{project}/mlflow.db").list_artifacts(run.info.run_id)]
+    assert artifacts == ["mnist_offline.accuracy_plot_png.png", "mnist_offline.examples_plot_png.png"]
     data = project / "data"
     versions = sorted(data.glob("*/mnist_offline/*/*/"))
-    assert len(versions) == 16 and data / "08_reporting/mnist_offline/metrics.json" in [v.parent for v in versions]
+    assert len(versions) == 17 and data / "08_reporting/mnist_offline/metrics.json" in [v.parent for v in versions]
     for version in versions:  # as if an earlier run had written each dataset too
         shutil.copytree(version, version.with_name("2020-01-01T00.00.00.000Z"))
     dry, _ = kedro_here(project, "prune", "--keep", "1", "--task", "mnist_offline")
     assert "data/06_models/mnist_offline/inr_checkpoint.pt: would remove 1 of 2 versions" in dry
-    assert "run again with --apply" in dry and len(list(data.glob("*/mnist_offline/*/*/"))) == 32
+    assert "run again with --apply" in dry and len(list(data.glob("*/mnist_offline/*/*/"))) == 34
     kedro_here(project, "prune", "--keep", "1", "--apply")
     assert sorted(data.glob("*/mnist_offline/*/*/")) == versions
 

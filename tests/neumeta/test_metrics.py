@@ -40,6 +40,13 @@ def test_segmentation_scores_count_pixels_over_the_whole_split_and_skip_void():
     assert scores["mean_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
+def test_a_quiet_generated_part_raises_the_alarm_even_when_scores_differ_a_little():
+    scores = {0.0: 0.367, 0.25: 0.368, 0.5: 0.366}  # nearly flat: what a switched-off residual branch gives
+    assert collapse_alarms(scores, {}, 1.0, generated_ratio=0.8) == []
+    (alarm,) = collapse_alarms(scores, {}, 1.0, generated_ratio=0.03)
+    assert "3.0% of the pretrained ones' norm" in alarm and "median over tensors" in alarm
+
+
 def test_params_and_macs_of_lenet_by_hand():
     net = build_model("lenet", width=2)
     params, macs = count_params_and_macs(net, torch.zeros(1, 1, 28, 28))

@@ -24,7 +24,8 @@ VERSIONED = [
     "06_models/{t}/inr_checkpoint.pt", "08_reporting/{t}/inr_history.json",
     "07_model_output/{t}/sampled_models.pt", "08_reporting/{t}/metrics.json",
     "08_reporting/{t}/accuracy_table.csv", "08_reporting/{t}/accuracy_plot.json",
-    "08_reporting/{t}/accuracy_plot.png", "07_model_output/{t}/model.onnx", "08_reporting/{t}/onnx_report.json",
+    "08_reporting/{t}/accuracy_plot.png", "08_reporting/{t}/examples_plot.png", "07_model_output/{t}/model.onnx",
+    "08_reporting/{t}/onnx_report.json",
 ]
 
 

@@ -58,13 +58,21 @@ def weight_norm(model: nn.Module) -> float:
 
 def collapse_alarms(
     accuracies: dict[float, float], norms: dict[float, float], reference_norm: float,
-    chance: float | None = None, reference_accuracy: float | None = None,
+    chance: float | None = None, reference_accuracy: float | None = None, generated_ratio: float | None = None,
 ) -> list[str]:
     """The collapse signature of a hypernetwork: one accuracy at every width (the generated part
     has become an identity or a constant), every width near chance level while the reference
     network is not (the generated weights do not work at all), or generated weights whose norm
-    has vanished."""
+    has vanished: the whole network's, or (``generated_ratio``) the generated weights' at full width
+    against the pretrained ones', which catches a generated residual branch that has gone quiet
+    while the rest of the network keeps the scores up (and nearly equal at every width)."""
     alarms = []
+    if generated_ratio is not None and generated_ratio < 0.1:
+        alarms.append(
+            f"the generated weights at full width have {100 * generated_ratio:.1f}% of the pretrained ones' norm (median "
+            f"over tensors): "
+            f"the INR does not reproduce them, so the generated part is nearly switched off"
+        )
     if len(accuracies) > 1 and len(set(accuracies.values())) == 1:
         value = next(iter(accuracies.values()))
         alarms.append(f"every width has accuracy {value:.4f}: the generated part may have collapsed")

@@ -350,9 +350,10 @@ def evaluate(
     morph: dict,
     evaluate_params: dict,
     task: str,
-) -> tuple[dict, pd.DataFrame, go.Figure, Figure]:
+) -> tuple[dict, pd.DataFrame, go.Figure, Figure, Figure]:
     """Test scores (the task kind's: accuracy, or mIoU with per-class IoU, pixel accuracy and mean
-    F1), parameters and MACs of every sampled width next to the pretrained network.
+    F1), parameters and MACs of every sampled width next to the pretrained network, and a picture
+    of the first test images with their labels and every width's predictions.
 
     Reductions are relative to the fused full-width network, the deployable form of the
     pretrained one, so folding BatchNorm is not counted as compression.
@@ -366,12 +367,17 @@ def evaluate(
     base_params, base_macs = count_params_and_macs(load_model(fused_model), x0)
     rows = [result_row(task, "pretrained", 0.0, True, {}, table_scores(kind, base, test, params.batch_size, splits),
                        *count_params_and_macs(base, x0), base_params, base_macs)]
+    images, labels = test.take(torch.arange(min(EXAMPLES, len(test))))
+    with torch.no_grad():
+        predictions = {"pretrained": base(images).argmax(dim=1)}
     norms = {}
     for key, checkpoint in sampled_models.items():
         net = load_model(checkpoint)
         gamma = float(checkpoint["compression"])
         n_params, n_macs = count_params_and_macs(net, x0)
         norms[gamma] = weight_norm(net)
+        with torch.no_grad():
+            predictions[f"{100 * gamma:g}%"] = net(images).argmax(dim=1)
         rows.append(
             result_row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
                        table_scores(kind, net, test, params.batch_size, splits), n_params, n_macs, base_params, base_macs)
@@ -381,7 +387,8 @@ def evaluate(
     with torch.no_grad():
         classes = base.eval()(x0).shape[1]
     chance = 1.0 / classes if kind.name == "classification" else None
-    alarms = collapse_alarms(dict(zip(ours.compression, ours[kind.metric])), norms, weight_norm(base), chance, rows[0][kind.metric])
+    alarms = collapse_alarms(dict(zip(ours.compression, ours[kind.metric])), norms, weight_norm(base), chance, rows[0][kind.metric],
+                             _generated_ratio(sampled_models, fused_model, morph_p))
     for alarm in alarms:
         log.warning("COLLAPSE ALARM (%s): %s", task, alarm)
     metrics = {
@@ -391,7 +398,9 @@ def evaluate(
         "results": table[table.method == "neumeta"].to_dict(orient="records"),
         "collapse_alarms": alarms,
     }
-    return metrics, table, _plotly_chart(table, task, (low, high), kind.metric), _png_chart(table, task, (low, high), kind.metric)
+    examples = _examples_png(task, images, labels, predictions, splits)
+    charts = _plotly_chart(table, task, (low, high), kind.metric), _png_chart(table, task, (low, high), kind.metric)
+    return metrics, table, *charts, examples
 
 
 def export_onnx(sampled_models: dict, export: dict) -> tuple[bytes, dict]:
@@ -464,6 +473,18 @@ def check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
         raise ValueError(f"labels go up to {top} but the model has {classes} outputs: set model.kwargs.num_classes")
 
 
+def _generated_ratio(sampled_models: dict, fused_model: dict, morph_p: MorphParams) -> float | None:
+    """The median over generated weight tensors of the full-width sampled network's norm over the
+    pretrained one's (None without a full-width sample). Per tensor, and weights only: a generated
+    bias that keeps a folded BatchNorm's shift can hold most of the norm while the weights are gone."""
+    if "0" not in sampled_models:
+        return None
+    spec = MorphSpec(load_model(fused_model), example_input(fused_model["arch"]), morph_p.generated, morph_p.morphable)
+    sampled, reference = sampled_models["0"]["state_dict"], fused_model["state_dict"]
+    ratios = [float(sampled[t.name].norm() / reference[t.name].norm().clamp_min(1e-12)) for t in spec.tensors if reference[t.name].dim() > 1]
+    return float(torch.tensor(ratios).median()) if ratios else None
+
+
 def table_scores(kind, forward, data, batch_size: int, splits: dict) -> dict:
     """A result row's score columns: the kind's metrics, a segmentation's per-class IoU as one
     column per class (``iou_<class>``)."""
@@ -501,6 +522,55 @@ def _plotly_chart(table: pd.DataFrame, task: str, seen: tuple[float, float], met
     fig.add_hline(y=100 * table[metric].iloc[0], line_dash="dash", annotation_text="pretrained (full width)")
     fig.update_layout(title=f"{task}: test {name} vs compression", xaxis_title="compression of morphable channels (%)",
                       yaxis_title=f"test {name} (%)")
+    return fig
+
+
+EXAMPLES = 4  # test images in the examples picture
+
+
+def _examples_png(
+    task: str, images: torch.Tensor, labels: torch.Tensor, predictions: dict[str, torch.Tensor], splits: dict
+) -> Figure:
+    """The first test images with their labels and each network's predictions: for classifiers one
+    image per column, titled with the label and every width's answer; for segmentation one image
+    per row, then its label map and every width's (void in black)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    mean = torch.tensor(splits["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(splits["std"]).view(1, -1, 1, 1)
+    shown = (images.cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    names = splits.get("class_names") or [str(c) for c in range(splits["num_classes"])]
+    grey = {"cmap": "gray"} if shown.shape[-1] == 1 else {}
+    if labels.dim() == 1:
+        fig = Figure(figsize=(2.6 * len(shown), 3.2 + 0.16 * len(predictions)), layout="constrained")
+        for i, ax in enumerate(fig.subplots(1, len(shown), squeeze=False)[0]):
+            ax.imshow(shown[i].squeeze(-1) if grey else shown[i], **grey)
+            answers = "\n".join(f"{key}: {names[int(p[i])]}" for key, p in predictions.items())
+            ax.set_title(f"label {names[int(labels[i])]}\n{answers}", fontsize=7)
+            ax.axis("off")
+    else:
+        void = splits.get("ignore_index")
+        # Colour 0 is void (black), class c is colour c + 1 (tab20's colours, repeating past 20).
+        colours = ListedColormap([(0.0, 0.0, 0.0), *(colormaps["tab20"](c % 20) for c in range(len(names)))])
+
+        def paint(label_map: torch.Tensor) -> torch.Tensor:
+            shifted = label_map.cpu() + 1
+            return shifted.masked_fill(label_map.cpu() == void, 0) if void is not None else shifted
+
+        columns = ["image", "label", *predictions]
+        fig = Figure(figsize=(2.2 * len(columns), 1.8 * len(shown)), layout="constrained")
+        axes = fig.subplots(len(shown), len(columns), squeeze=False)
+        for i in range(len(shown)):
+            maps = [paint(labels[i]), *(paint(p[i]) for p in predictions.values())]
+            axes[i][0].imshow(shown[i])
+            for ax, label_map in zip(axes[i][1:], maps):
+                ax.imshow(label_map.numpy(), cmap=colours, vmin=0, vmax=len(names), interpolation="nearest")
+            for ax, title in zip(axes[i], columns):
+                ax.axis("off")
+                if i == 0:
+                    ax.set_title(title, fontsize=8)
+    fig.suptitle(f"{task}: first test images", fontsize=9)  # constrained layout keeps it clear of the titles
     return fig
 
 

@@ -52,7 +52,7 @@ def _template(task: str) -> Pipeline:
             node(
                 _bind_task(nodes.evaluate, task),
                 ["sampled_models", "pretrained_model", "fused_model", "splits", "params:morph", "params:evaluate"],
-                ["metrics", "accuracy_table", "accuracy_plot", "accuracy_plot_png"],
+                ["metrics", "accuracy_table", "accuracy_plot", "accuracy_plot_png", "examples_plot_png"],
                 name="evaluate",
             ),
         ]
