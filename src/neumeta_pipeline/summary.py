@@ -15,6 +15,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from .neumeta.tasks import METRIC_NAMES, METRIC_SHORT, table_metric
+
 
 def is_result_table(name: str) -> bool:
     """A catalog entry holding a run's results (accuracy per width, a baseline's, the comparison);
@@ -37,10 +39,10 @@ def _count(value: float) -> str:
 def method_table(frame: pd.DataFrame, title: str) -> Table:
     """One row per (method, compression): widths, parameters, MACs, the score (accuracy, or mIoU
     for segmentation), seen or unseen."""
-    metric = "accuracy" if "accuracy" in frame.columns else "miou"
+    metric = table_metric(frame)
     table = Table(title=title, title_justify="left")
     for column, justify in (("method", "left"), ("compression", "right"), ("widths", "left"), ("parameters", "right"),
-                            ("MACs", "right"), ("accuracy" if metric == "accuracy" else "mIoU", "right"), ("trained", "left")):
+                            ("MACs", "right"), (METRIC_NAMES[metric], "right"), ("trained", "left")):
         table.add_column(column, justify=justify)
     for row in frame.itertuples(index=False):
         seen = getattr(row, "seen_in_training", True)
@@ -56,7 +58,7 @@ def method_table(frame: pd.DataFrame, title: str) -> Table:
 def comparison_table(frame: pd.DataFrame, title: str) -> Table:
     """The comparison as it is stored: a row per method, accuracy per compression, training cost in
     device-hours, stored parameters and the widths the method never trained."""
-    accuracy = [c for c in frame.columns if c.startswith(("acc@", "miou@"))]  # accuracy, or mIoU for segmentation
+    accuracy = [c for c in frame.columns if c.startswith(tuple(f"{short}@" for short in METRIC_SHORT.values()))]
     table = Table(title=title, title_justify="left")
     table.add_column("method")
     for column in accuracy:
@@ -79,7 +81,7 @@ def table_metrics(name: str, frame: pd.DataFrame) -> dict[str, float]:
             metrics[f"train_device_hours/{row['method']}"] = float(row["train_device_hours"])
             metrics[f"stored_parameters/{row['method']}"] = float(row["stored_parameters"])
         return metrics
-    metric = "accuracy" if "accuracy" in frame.columns else "miou"
+    metric = table_metric(frame)
     return {f"{metric}/{row.method}/{100 * row.compression:g}": float(getattr(row, metric)) for row in frame.itertuples(index=False)}
 
 

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from .sources import STREAMED_SOURCE
+
 
 class DeviceData:
     """One split as float tensors on ``device``, normalised with the training split's statistics."""
@@ -100,7 +102,7 @@ def apply_augmentation(
 def split_data(splits: dict, split: str, device: torch.device | str):
     """One split ready for the training loop: device-resident, or streamed from disk for a
     source too large for memory (``imagefolder``). Both have ``len``, ``batches`` and ``take``."""
-    if splits.get("source") == "imagefolder":
+    if splits.get("source") == STREAMED_SOURCE:
         from .folders import FolderData
 
         return FolderData(splits, split, device)

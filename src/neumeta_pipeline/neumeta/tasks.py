@@ -63,6 +63,11 @@ class TaskKind:
         return self.scores(forward, data, batch_size)[self.metric]
 
 
+def table_metric(table) -> str:
+    """The score column of a result table: its task kind's main metric."""
+    return "accuracy" if "accuracy" in table.columns else "miou"
+
+
 def task_kind(splits: dict) -> TaskKind:
     """The kind a data split was made for (splits made before kinds existed are classification)."""
     return TaskKind(splits.get("kind", "classification"), splits.get("num_classes"), splits.get("ignore_index"))

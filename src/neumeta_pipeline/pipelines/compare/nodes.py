@@ -31,7 +31,7 @@ from ...neumeta.metrics import count_params_and_macs, features_and_logits, linea
 from ...neumeta.morph import MorphSpec
 from ...neumeta.resume import content_hash
 from ...neumeta.train import task_objective, device_label, fit, resolve_device, seed_everything
-from ...neumeta.tasks import METRIC_NAMES, METRIC_SHORT, task_kind
+from ...neumeta.tasks import METRIC_NAMES, METRIC_SHORT, table_metric, task_kind
 from ..neumeta.nodes import (
     check_labels, first_images, fit_config, pretrain_recipe, result_row, resume_file, run_distributed, table_scores,
 )
@@ -235,7 +235,7 @@ def compare_methods(
     # The table keeps the widths every method was built at; the chart shows every point.
     common = sorted(set.intersection(*(set(t.compression) for _, t in long.groupby("method"))))
     shared = long[long.compression.isin(common)]
-    metric = _metric(long)
+    metric = table_metric(long)
     wide = shared.pivot_table(index="method", columns="compression", values=metric, sort=False)
     wide.columns = [f"{METRIC_SHORT[metric]}@{100 * c:g}%" for c in wide.columns]
     per_method = long.groupby("method", sort=False).agg(
@@ -296,11 +296,6 @@ def _widths(arch: dict, morph: dict, compressions: list[float]) -> dict[float, d
 def _fit_network(net, objective, splits, dev, recipe: FitParams, generator, desc, resume):
     train, val, kind = split_data(splits, "train", dev), split_data(splits, "val", dev), task_kind(splits)
     return fit(net, objective, train, lambda m: kind.score(m, val), fit_config(recipe), generator, desc, resume)
-
-
-def _metric(table: pd.DataFrame) -> str:
-    """A result table's score column: its task kind's main metric."""
-    return "accuracy" if "accuracy" in table.columns else "miou"
 
 
 def _history(dev: torch.device, method: str, runs: dict[str, list[dict]], stored: int) -> dict:

@@ -364,7 +364,8 @@ def evaluate(
     kind = task_kind(splits)
     x0 = example_input(pretrained_model["arch"])
     base = load_model(pretrained_model)
-    base_params, base_macs = count_params_and_macs(load_model(fused_model), x0)
+    fused = load_model(fused_model)
+    base_params, base_macs = count_params_and_macs(fused, x0)
     rows = [result_row(task, "pretrained", 0.0, True, {}, table_scores(kind, base, test, params.batch_size, splits),
                        *count_params_and_macs(base, x0), base_params, base_macs)]
     images, labels = test.take(torch.arange(min(EXAMPLES, len(test))))
@@ -388,7 +389,7 @@ def evaluate(
         classes = base.eval()(x0).shape[1]
     chance = 1.0 / classes if kind.name == "classification" else None
     alarms = collapse_alarms(dict(zip(ours.compression, ours[kind.metric])), norms, weight_norm(base), chance, rows[0][kind.metric],
-                             _generated_ratio(sampled_models, fused_model, morph_p))
+                             _generated_ratio(sampled_models, fused, fused_model, morph_p))
     for alarm in alarms:
         log.warning("COLLAPSE ALARM (%s): %s", task, alarm)
     metrics = {
@@ -473,13 +474,13 @@ def check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
         raise ValueError(f"labels go up to {top} but the model has {classes} outputs: set model.kwargs.num_classes")
 
 
-def _generated_ratio(sampled_models: dict, fused_model: dict, morph_p: MorphParams) -> float | None:
+def _generated_ratio(sampled_models: dict, fused: torch.nn.Module, fused_model: dict, morph_p: MorphParams) -> float | None:
     """The median over generated weight tensors of the full-width sampled network's norm over the
     pretrained one's (None without a full-width sample). Per tensor, and weights only: a generated
     bias that keeps a folded BatchNorm's shift can hold most of the norm while the weights are gone."""
     if "0" not in sampled_models:
         return None
-    spec = MorphSpec(load_model(fused_model), example_input(fused_model["arch"]), morph_p.generated, morph_p.morphable)
+    spec = MorphSpec(fused, example_input(fused_model["arch"]), morph_p.generated, morph_p.morphable)
     sampled, reference = sampled_models["0"]["state_dict"], fused_model["state_dict"]
     ratios = [float(sampled[t.name].norm() / reference[t.name].norm().clamp_min(1e-12)) for t in spec.tensors if reference[t.name].dim() > 1]
     return float(torch.tensor(ratios).median()) if ratios else None
