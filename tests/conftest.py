@@ -151,3 +151,82 @@ def write_camvid(root: Path, counts: tuple[int, int, int] = (6, 2, 3), size: tup
             Image.fromarray(image).save(root / "CamVid" / split / f"img_{i:03d}.png")
             Image.fromarray(label).save(root / "CamVid" / f"{split}annot" / f"img_{i:03d}.png")
     return root
+
+
+def _voc_palette() -> list[int]:
+    """VOC's colour map (class c's colour from the bits of c), 256 RGB entries, as its PNGs carry."""
+    palette = []
+    for c in range(256):
+        r = g = b = 0
+        for shift in range(8):
+            r |= ((c >> (3 * shift)) & 1) << (7 - shift)
+            g |= ((c >> (3 * shift + 1)) & 1) << (7 - shift)
+            b |= ((c >> (3 * shift + 2)) & 1) << (7 - shift)
+        palette += [r, g, b]
+    return palette
+
+
+VOC_SIZES = ((20, 28), (28, 20), (24, 24), (16, 30))  # (height, width), cycled: VOC's images differ in size
+
+
+def write_voc(root: Path, counts: tuple[int, int] = (8, 3), sizes: tuple = VOC_SIZES, seed: int = 0) -> Path:
+    """PASCAL VOC 2012's layout under ``root/VOCdevkit/VOC2012``: JPEGs in JPEGImages, palette label
+    PNGs in SegmentationClass, and the id lists ImageSets/Segmentation/train.txt and val.txt. Image
+    i has size ``sizes[i % len(sizes)]``; its label map is background with one object rectangle
+    (class 1-20) ringed by a void (255) boundary, as VOC draws them, and the image is brighter where
+    the class index is higher, so a tiny network can learn something."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / "VOCdevkit" / "VOC2012"
+    lists = folder / "ImageSets" / "Segmentation"
+    for path in (folder / "JPEGImages", folder / "SegmentationClass", lists):
+        path.mkdir(parents=True, exist_ok=True)
+    index = 0
+    for image_set, count in zip(("train", "val"), counts):
+        ids = []
+        for _ in range(count):
+            name, (h, w) = f"2007_{index:06d}", sizes[index % len(sizes)]
+            label = np.zeros((h, w), dtype=np.uint8)
+            top, left = int(rng.integers(2, h // 2)), int(rng.integers(2, w // 2))
+            label[top - 1 : h - 1, left - 1 : w - 1] = 255  # the boundary ring, then the object inside it
+            label[top : h - 2, left : w - 2] = 1 + index % 20
+            image = (label[..., None] % 255 * 10 + rng.integers(0, 30, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(image).save(folder / "JPEGImages" / f"{name}.jpg", format="JPEG")
+            png = Image.fromarray(label)
+            png.putpalette(_voc_palette())  # a palette ("P") image, whose pixel values are the class indices
+            png.save(folder / "SegmentationClass" / f"{name}.png")
+            ids.append(name)
+            index += 1
+        (lists / f"{image_set}.txt").write_text("".join(f"{name}\n" for name in ids))
+    return root
+
+
+CELEBA_SIZE = (218, 178)  # (height, width) of CelebA's aligned faces
+
+
+def write_celeba(root: Path, counts: tuple[int, int, int] = (8, 2, 2), size: tuple[int, int] = (24, 20), seed: int = 0) -> Path:
+    """CelebA in torchvision's layout under ``root/celeba``: JPEGs in img_align_celeba/ named as
+    CelebA's (000001.jpg, ...) and list_eval_partition.txt assigning ``counts`` of them to train (0),
+    valid (1) and test (2), in interleaved order as a real list would not be, so the split must come
+    from the file and not from the order. Images are ``size`` (height, width), small to stay fast,
+    except the first, which is CelebA's real 178x218 so the 148x148 centre crop runs; each is noise
+    with a bright centred square whose size varies, so a tiny VAE has something to reconstruct."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    codes = [code for code, count in enumerate(counts) for _ in range(count)]
+    codes = [codes[i] for i in rng.permutation(len(codes))]
+    lines = []
+    for index, code in enumerate(codes):
+        h, w = CELEBA_SIZE if index == 0 else size
+        image = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+        half = int(rng.integers(2, min(h, w) // 2))
+        image[h // 2 - half : h // 2 + half, w // 2 - half : w // 2 + half] = 220
+        name = f"{index + 1:06d}.jpg"
+        Image.fromarray(image).save(folder / "img_align_celeba" / name, format="JPEG")
+        lines.append(f"{name} {code}\n")
+    (folder / "list_eval_partition.txt").write_text("".join(lines))
+    return root

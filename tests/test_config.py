@@ -77,3 +77,38 @@ def test_imagefolder_tasks_take_their_augmentation_and_a_resize_no_smaller_than_
     params["data"]["resize_size"] = 200
     with pytest.raises(ValueError, match="resize_size 200 must be >= data.image_size 224"):
         validate_task("imagenet_r18", params)
+
+
+def test_scale_crop_flip_needs_a_crop_that_the_network_takes():
+    params = _params("camvid")
+    params["pretrain"]["augment"] = "scale_crop_flip"
+    with pytest.raises(ValueError, match="needs crop_size"):
+        validate_task("camvid", params)
+    params["pretrain"]["crop_size"] = [96, 100]
+    with pytest.raises(ValueError, match=r"pretrain.crop_size \[96, 100\] must be divisible by data.pad_to_multiple 32"):
+        validate_task("camvid", params)
+    params["pretrain"]["crop_size"] = [96, 128]
+    validate_task("camvid", params)
+    params["train_inr"]["scale_range"] = [0.5, 1.5]  # train_inr still crops and flips only
+    with pytest.raises(ValueError, match="crop_size and scale_range apply to augment 'scale_crop_flip', not 'crop_flip'"):
+        validate_task("camvid", params)
+
+
+def test_voc_takes_an_image_size_that_the_network_and_its_padding_fit():
+    from neumeta_pipeline.config import DataParams
+
+    params = _params("voc")
+    params["data"]["image_size"] = 250
+    with pytest.raises(ValueError, match="data.image_size 250 must be divisible by data.pad_to_multiple 32"):
+        validate_task("voc", params)
+    params["data"]["image_size"] = 320
+    with pytest.raises(ValueError, match=r"input_shape \[3, 256, 256\] does not fit data.image_size 320.*\[3, 320, 320\]"):
+        validate_task("voc", params)
+    params["model"]["input_shape"] = [3, 320, 320]
+    assert validate_task("voc", params).data.split_settings(0)["image_size"] == 320  # another size is another split
+    camvid = _params("camvid")
+    assert "image_size" not in DataParams.model_validate(camvid["data"]).split_settings(0)  # camvid's record is unchanged
+    camvid["data"]["image_size"] = 256
+    refused = r"data keys \['image_size'\] only apply to source 'imagefolder' \(image_size also to 'voc' and 'celeba'\), not 'camvid'"
+    with pytest.raises(ValueError, match=refused):
+        validate_task("camvid", camvid)

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .baselines.pruning import IMPORTANCES
-from .data import SEGMENTATION_SOURCES, SOURCES, STREAMED_SOURCE
+from .data import DEVICE_AUGMENTATIONS, SEGMENTATION_SOURCES, SOURCES, STREAMED_SOURCE
 from .errors import UserError
 from .models import MODELS
 from .neumeta.inr import LAYOUTS, NOISE_SCALINGS
@@ -30,6 +30,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Sources whose images are brought to data.image_size: imagefolder crops to it, voc resizes and pads,
+# celeba centre-crops the face and resizes.
+_SIZED = (STREAMED_SOURCE, "voc", "celeba")
+
+
 class DataParams(_Section):
     source: Literal[SOURCES]  # type: ignore[valid-type]
     root: str = "data/01_raw"
@@ -37,8 +42,12 @@ class DataParams(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="only for sources without a test split")
     max_train: int | None = Field(None, ge=1)
-    # Streamed sources (imagefolder) only: decoded from disk by worker processes, batch by batch.
-    image_size: int = Field(224, ge=8, description="imagefolder: side of the square crop the network sees")
+    # Streamed sources (imagefolder) only, decoded from disk by worker processes batch by batch;
+    # image_size applies to voc and celeba too.
+    image_size: int = Field(
+        224, ge=8, description="imagefolder: side of the square crop the network sees; voc: side of the square every image "
+        "is resized (longer side) and padded to; celeba: side its 148x148 centre crops are resized to"
+    )
     resize_size: int = Field(256, ge=8, description="imagefolder: evaluation resizes the shorter side to this, then centre-crops")
     mean: list[float] | None = Field(None, min_length=3, max_length=3, description="imagefolder: per-channel mean (None: estimated)")
     std: list[float] | None = Field(None, min_length=3, max_length=3, description="imagefolder: per-channel std (None: estimated)")
@@ -50,9 +59,23 @@ class DataParams(_Section):
     @model_validator(mode="after")
     def _streamed_keys(self) -> DataParams:
         if self.source != STREAMED_SOURCE:
-            set_keys = sorted(k for k in ("image_size", "resize_size", "mean", "std", "workers") if k in self.model_fields_set)
+            keys = ("resize_size", "mean", "std", "workers") + (() if self.source in _SIZED else ("image_size",))
+            set_keys = sorted(k for k in keys if k in self.model_fields_set)
             if set_keys:
-                raise ValueError(f"data keys {set_keys} only apply to source {STREAMED_SOURCE!r}, not {self.source!r}")
+                others = " and ".join(repr(source) for source in _SIZED if source != STREAMED_SOURCE)
+                also = f" (image_size also to {others})" if "image_size" in set_keys else ""
+                raise ValueError(f"data keys {set_keys} only apply to source {STREAMED_SOURCE!r}{also}, not {self.source!r}")
+        if self.source == "voc" and self.image_size % self.pad_to_multiple:
+            raise ValueError(
+                f"data.image_size {self.image_size} must be divisible by data.pad_to_multiple {self.pad_to_multiple}: VOC's "
+                f"images are padded to image_size squares, which the network takes as they are"
+            )
+        if self.source == "celeba" and self.download:
+            raise ValueError(
+                "data.download is true (its default when unset), but CelebA is never downloaded: torchvision fetches it "
+                "from Google Drive, whose quota and confirmation pages make that fail more often than not. Put "
+                "img_align_celeba/ and list_eval_partition.txt in <data.root>/celeba (README: Tasks) and set download: false"
+            )
         if self.pad_to_multiple > 1 and self.source not in SEGMENTATION_SOURCES:
             raise ValueError(f"data.pad_to_multiple applies to segmentation sources {SEGMENTATION_SOURCES}, not {self.source!r}")
         if self.source == STREAMED_SOURCE and self.resize_size < self.image_size:
@@ -68,7 +91,9 @@ class DataParams(_Section):
         # kind of source gains a setting.
         skip = {"download", "workers"}
         if self.source != STREAMED_SOURCE:
-            skip |= {"image_size", "resize_size", "mean", "std"}
+            skip |= {"resize_size", "mean", "std"}
+        if self.source not in _SIZED:
+            skip.add("image_size")
         if self.source not in SEGMENTATION_SOURCES:
             skip.add("pad_to_multiple")
         return {**self.model_dump(exclude=skip), "seed": seed}
@@ -104,12 +129,33 @@ class FitParams(_Section):
     warmup_epochs: float = Field(0.0, ge=0.0)
     grad_clip: float | None = Field(None, gt=0.0)
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
-    augment: Literal["none", "crop_flip", "resized_crop_flip"] = Field(
-        "none", description="crop_flip: padded crops + flips (device-resident data); resized_crop_flip: imagefolder's"
+    augment: Literal["none", "crop_flip", "scale_crop_flip", "resized_crop_flip"] = Field(
+        "none",
+        description="crop_flip: padded crops + flips; scale_crop_flip: random scale, crop_size window, flip (both for "
+        "device-resident data); resized_crop_flip: imagefolder's",
+    )
+    crop_size: list[int] | None = Field(
+        None, min_length=2, max_length=2, description="scale_crop_flip: (height, width) of the training windows"
+    )
+    scale_range: list[float] = Field(
+        [0.5, 2.0], min_length=2, max_length=2, description="scale_crop_flip: images are rescaled by a factor drawn from this range"
     )
     progress: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     resume: bool = True  # continue an interrupted run from its last finished epoch
+
+
+    @model_validator(mode="after")
+    def _scale_crop(self) -> FitParams:
+        if self.augment == "scale_crop_flip":
+            if self.crop_size is None or min(self.crop_size) < 1:
+                raise ValueError("augment 'scale_crop_flip' needs crop_size: [height, width] of the training windows, e.g. [128, 128]")
+            low, high = self.scale_range
+            if not 0 < low <= high:
+                raise ValueError(f"scale_range {self.scale_range} must be [low, high] with 0 < low <= high")
+        elif "crop_size" in self.model_fields_set or "scale_range" in self.model_fields_set:
+            raise ValueError(f"crop_size and scale_range apply to augment 'scale_crop_flip', not {self.augment!r}")
+        return self
 
 
 class PretrainParams(FitParams):
@@ -245,6 +291,8 @@ class ExportParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: int = Field(1000, ge=1)
+    nll_samples: int = Field(32, ge=1, description="generation: importance samples per image of the test NLL")
+    nll_images: int | None = Field(1000, ge=1, description="generation: test images the NLL is estimated on (None: all)")
 
 
 class BaselineParams(_Section):
@@ -285,7 +333,9 @@ class SimilarityParams(_Section):
 
 class TaskParams(_Section):
     kind: Literal[KINDS] = Field(  # type: ignore[valid-type]
-        "classification", description="classification (a label per image) or segmentation (a label per pixel)"
+        "classification",
+        description="classification (a label per image), segmentation (a label per pixel) or generation (a VAE "
+        "reconstructs its input)",
     )
     seed: int = 0
     device: str = "auto"
@@ -319,19 +369,57 @@ class TaskParams(_Section):
         if per_pixel != (self.kind == "segmentation"):
             raise ValueError(
                 f"kind {self.kind!r} does not fit data.source {self.data.source!r}, whose labels are "
-                f"{'per pixel: use kind: segmentation' if per_pixel else 'per image: use kind: classification'}"
+                f"{'per pixel: use kind: segmentation' if per_pixel else 'per image: use kind: classification or generation'}"
             )
+        if self.data.source == "celeba" and self.kind != "generation":
+            # Its labels are zeros: the 40 attributes and the identities are not read.
+            raise ValueError(f"data.source 'celeba' has no labels here: use kind: generation, not {self.kind!r}")
+        if self.kind == "generation":
+            if self.data.source == STREAMED_SOURCE:
+                raise ValueError(f"kind 'generation' needs device-resident images, not data.source {STREAMED_SOURCE!r}")
+            if self.model.name != "conv_vae":
+                raise ValueError(f"kind 'generation' trains a VAE: set model.name: conv_vae, not {self.model.name!r}")
+            # A VAE's distillation compares reconstructions; temperatures soften class probabilities.
+            for key, value in (("train_inr.kd_temperature", self.train_inr.kd_temperature),
+                               ("baselines.distill_temperature", self.baselines.distill_temperature)):
+                if value != 1.0:
+                    raise ValueError(f"{key} {value} applies to class probabilities; a generation task needs 1.0")
+        elif self.model.name == "conv_vae":
+            raise ValueError(f"model conv_vae reconstructs its input: set kind: generation, not {self.kind!r}")
         return self
 
     @model_validator(mode="after")
     def _augment_fits_source(self) -> TaskParams:
         # Device-resident images are augmented on the device; streamed ones while decoding.
-        allowed = ("none", "resized_crop_flip") if self.data.source == STREAMED_SOURCE else ("none", "crop_flip")
+        allowed = ("none", "resized_crop_flip") if self.data.source == STREAMED_SOURCE else DEVICE_AUGMENTATIONS
         for key, section in (("pretrain", self.pretrain), ("train_inr", self.train_inr)):
             if section.augment not in allowed:
                 raise ValueError(
                     f"{key}.augment {section.augment!r} does not apply to data.source {self.data.source!r}; use one of {allowed}"
                 )
+            multiple = self.data.pad_to_multiple
+            if section.crop_size is not None and any(side % multiple for side in section.crop_size):
+                raise ValueError(
+                    f"{key}.crop_size {section.crop_size} must be divisible by data.pad_to_multiple {multiple}, as the "
+                    f"network's inputs are"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _input_fits_images(self) -> TaskParams:
+        # VOC's images all become image_size squares; an input_shape of another size would trace the
+        # graph, count MACs and export ONNX for inputs the network never gets.
+        side = self.data.image_size
+        if self.data.source == "voc" and self.model.input_shape[-2:] != [side, side]:
+            raise ValueError(
+                f"model.input_shape {self.model.input_shape} does not fit data.image_size {side} (VOC images are padded to "
+                f"{side}x{side} squares): set input_shape: [3, {side}, {side}]"
+            )
+        if self.data.source == "celeba" and self.model.input_shape != [3, side, side]:
+            raise ValueError(
+                f"model.input_shape {self.model.input_shape} does not fit data.image_size {side} (CelebA's faces are RGB "
+                f"{side}x{side} squares): set input_shape: [3, {side}, {side}]"
+            )
         return self
 
     @model_validator(mode="after")

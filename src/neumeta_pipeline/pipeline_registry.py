@@ -14,7 +14,7 @@ from .pipelines import compare, neumeta
 DEFAULT_TASK = "mnist_offline"
 TASKS = (
     "mnist_offline", "mnist", "cifar10", "cifar100", "cifar10_subset", "cifar10_subset_full", "cifar100_r56_full", "imagenet_r18",
-    "imagenet_r50", "camvid",
+    "imagenet_r50", "camvid", "voc", "mnist_vae", "celeba_vae",
 )
 # Which NeuMeta stages each baseline starts from: pruning and distillation need the pretrained net.
 _NEEDS = {"individual": "prepare_data", "slimmable": "prepare_data", "pruning": "pretrain", "distilled": "pretrain"}

@@ -15,7 +15,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .neumeta.tasks import METRIC_NAMES, METRIC_SHORT, table_metric
+from .neumeta.tasks import METRIC_NAMES, METRIC_SHORT, PERCENT_METRICS, table_metric
 
 
 def is_result_table(name: str) -> bool:
@@ -28,8 +28,9 @@ def is_chart(name: str) -> bool:
     return name.endswith("_plot_png")
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.2f}%"
+def _score(value: float, metric: str) -> str:
+    """A score as tables show it: fractions as percentages, the others (a VAE's MSE) as they are."""
+    return f"{100 * value:.2f}%" if metric in PERCENT_METRICS else f"{value:.2f}"
 
 
 def _count(value: float) -> str:
@@ -51,14 +52,15 @@ def method_table(frame: pd.DataFrame, title: str) -> Table:
             parts = widths.split(",")
             widths = f"{parts[0]}, ... ({len(parts)} widths)"
         table.add_row(row.method, f"{100 * row.compression:g}%", widths, _count(row.params), _count(row.macs),
-                      _percent(getattr(row, metric)), "seen" if seen else "[bold]unseen[/bold]")
+                      _score(getattr(row, metric), metric), "seen" if seen else "[bold]unseen[/bold]")
     return table
 
 
 def comparison_table(frame: pd.DataFrame, title: str) -> Table:
     """The comparison as it is stored: a row per method, accuracy per compression, training cost in
     device-hours, stored parameters and the widths the method never trained."""
-    accuracy = [c for c in frame.columns if c.startswith(tuple(f"{short}@" for short in METRIC_SHORT.values()))]
+    metric = table_metric_of_comparison(frame)
+    accuracy = [c for c in frame.columns if c.startswith(f"{METRIC_SHORT[metric]}@")]
     table = Table(title=title, title_justify="left")
     table.add_column("method")
     for column in accuracy:
@@ -66,9 +68,14 @@ def comparison_table(frame: pd.DataFrame, title: str) -> Table:
     for column in ("device-hours", "stored parameters", "not trained"):
         table.add_column(column, justify="right" if column != "not trained" else "left")
     for row in frame.to_dict("records"):
-        table.add_row(row["method"], *("" if pd.isna(row[c]) else _percent(row[c]) for c in accuracy),
+        table.add_row(row["method"], *("" if pd.isna(row[c]) else _score(row[c], metric) for c in accuracy),
                       f"{row['train_device_hours']:.4f}", _count(row["stored_parameters"]), str(row["widths_not_trained"]))
     return table
+
+
+def table_metric_of_comparison(frame: pd.DataFrame) -> str:
+    """The metric a comparison table's ``<short>@<compression>`` columns hold."""
+    return next(m for m, short in METRIC_SHORT.items() if any(c.startswith(f"{short}@") for c in frame.columns))
 
 
 def table_metrics(name: str, frame: pd.DataFrame) -> dict[str, float]:

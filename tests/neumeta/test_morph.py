@@ -120,3 +120,16 @@ def test_narrowing_the_vae_latent_gives_a_working_smaller_vae():
         # Every hidden width at half, the latent included, still maps images to images.
         half = resize(model, groups, {g.name: g.size // 2 for g in groups if g.permutable})
         assert half.encode(X_CIFAR)[0].shape == (4, 16) and half(X_CIFAR).shape == X_CIFAR.shape
+
+
+def test_a_group_produced_as_rows_of_positions_cannot_morph():
+    # The VAE's from_latent gives 64 channels as 64 x 49 rows (reshaped into a 7x7 map): the INR
+    # generates a row per channel, so that group must stay whole, and the error says so.
+    from neumeta_pipeline.neumeta.morph import MorphSpec
+
+    model = build_model("conv_vae", in_channels=1, image_size=28).eval()
+    x = torch.rand(1, 1, 28, 28)
+    with pytest.raises(ValueError, match="group 'from_latent' cannot morph: from_latent.weight produces it as 3136 rows for 64"):
+        MorphSpec(model, x, "all", ["from_latent"])
+    spec = MorphSpec(model, x, "all", ["encoder.0", "encoder.3", "decoder.0"])
+    assert spec.widths(0.5) == {"encoder.0": 16, "encoder.3": 32, "decoder.0": 16}

@@ -15,7 +15,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from neumeta_pipeline.models import build_model
-from tests.conftest import write_camvid, write_cifar, write_image_folder, write_mnist, write_npz
+from tests.conftest import write_camvid, write_celeba, write_cifar, write_image_folder, write_mnist, write_npz, write_voc
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,6 +48,16 @@ IMAGEFOLDER = {
 CAMVID = {
     "model": {"kwargs": {"encoder_depth": 4, "decoder_channels": [32, 16, 8, 8]}, "input_shape": [3, 32, 32]},
     "permute": {"enabled": False}, "evaluate": {"batch_size": 4},
+}
+
+# VOC's tiny JPEGs of four sizes brought to 32x32 squares, on CamVid's shallow U-Net (21 classes).
+VOC = {**CAMVID, "data": {"image_size": 32}}
+
+# CelebA's dozen tiny faces brought to 16x16, on a VAE a few channels wide, with a short NLL.
+CELEBA = {
+    "data": {"image_size": 16},
+    "model": {"kwargs": {"width": 8, "latent_dim": 4, "image_size": 16}, "input_shape": [3, 16, 16]},
+    "evaluate": {"nll_samples": 4, "nll_images": 30},
 }
 
 
@@ -86,6 +96,10 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
                 section["data"]["root"] = "data/01_raw/arrays.npz"
             if section["data"]["source"] == "camvid":
                 section = _merge(section, CAMVID)
+            if section["data"]["source"] == "voc":
+                section = _merge(section, VOC)
+            if section["data"]["source"] == "celeba":
+                section = _merge(section, CELEBA)
             if section["data"]["source"] == "imagefolder":
                 section = _merge(section, IMAGEFOLDER)
                 if section["model"]["name"] == "resnet50":
@@ -102,6 +116,8 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     write_npz(raw / "arrays.npz", n_train=200, n_test=100)
     write_image_folder(raw / "imagenet")
     write_camvid(raw)
+    write_voc(raw)
+    write_celeba(raw)
     torch.save(build_model("resnet18", num_classes=3).state_dict(), raw / "resnet18-tiny.pth")
     return root
 

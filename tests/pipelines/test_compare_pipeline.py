@@ -100,3 +100,32 @@ def test_segmentation_runs_the_whole_comparison_scored_by_miou(tmp_path, monkeyp
     assert net.encoder.layer3[1].conv1.out_channels == 128 and net(torch.randn(1, 3, 32, 32)).shape == (1, 11, 32, 32)
     similarity = pd.read_csv(versions(data / f"08_reporting/{task}/similarity_table.csv")[0])
     assert (similarity.kl_full_to_this >= -1e-9).all()
+
+
+def test_generation_runs_the_whole_comparison_scored_by_reconstruction_mse(tmp_path, monkeypatch):
+    # The MNIST VAE through the NeuMeta chain and every baseline: the negative ELBO trains every
+    # network, Taylor pruning takes its gradients, distillation pulls reconstructions together.
+    task = "mnist_vae"
+    tiny = {"model": {"kwargs": {"width": 8, "latent_dim": 4}}, "evaluate": {"nll_samples": 4, "nll_images": 30},
+            "baselines": {"pruning_importances": ["l1", "taylor"]}, "similarity": {"images": 50}}
+    project = work_in(make_project(tmp_path, {task: tiny}), monkeypatch)
+    run(project, f"{task}_compare")
+    data = project / "data"
+    for template in VERSIONED:
+        assert len(versions(data / template.format(t=task))) == 1, template
+    metrics = json.loads(versions(data / f"08_reporting/{task}/metrics.json")[0].read_text())
+    assert metrics["metric"] == "mse" and [r["compression"] for r in metrics["results"]] == [0.0, 0.25, 0.5, 0.75]
+    ours = pd.read_csv(versions(data / f"08_reporting/{task}/accuracy_table.csv")[0])
+    assert {"mse", "nll"} <= set(ours.columns) and "accuracy" not in ours
+    # 784 pixels in [0, 1]: a summed squared error in (0, 784]; an NLL of at most 784 * 13.8 nats.
+    assert ours.mse.between(0, 784).all() and (ours.mse > 0).all() and ours.nll.between(0, 784 * 14).all()
+    table = pd.read_csv(versions(data / f"08_reporting/{task}/comparison_table.csv")[0])
+    assert list(table.method) == ["neumeta", "individual", "slimmable", "pruning_l1", "pruning_taylor", "distilled"]
+    assert [c for c in table.columns if "@" in c] == ["mse@0%", "mse@25%", "mse@50%", "mse@75%"]
+    pruned = torch.load(versions(data / f"06_models/{task}/pruning_models.pt")[0], weights_only=True)
+    net = load_model(pruned["pruning_taylor"]["0.5"])
+    assert net.encoder[3].out_channels == 8 and net(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    similarity = pd.read_csv(versions(data / f"08_reporting/{task}/similarity_table.csv")[0])
+    full = similarity[similarity.compression == 0.0]
+    assert (similarity.kl_full_to_this >= 0).all() and (full.kl_full_to_this == 0).all()
+    assert len(versions(data / f"08_reporting/{task}/examples_plot.png")) == 1

@@ -13,11 +13,11 @@ import copy
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..neumeta.graph import ChannelGroup
 from ..neumeta.morph import groups_to_narrow
+from ..neumeta.tasks import TaskKind
 
 IMPORTANCES = ("l1", "l2", "random", "taylor", "hessian")
 NEEDS_GRADIENTS = ("taylor", "hessian")
@@ -52,13 +52,14 @@ def prune_channels(
     images: torch.Tensor,
     labels: torch.Tensor | None = None,
     seed: int = 0,
-    ignore_index: int = -100,
+    kind: TaskKind = TaskKind(),
 ) -> nn.Module:
     """A copy of ``model`` in which each group of ``widths`` keeps its most important channels.
 
     ``images`` trace the network (and, with ``labels``, give Taylor and Hessian their gradients;
-    Hessian takes one backward pass per image; label maps work too, ``ignore_index`` marking void
-    pixels). Kept channels stay in their original order.
+    Hessian takes one backward pass per image) through ``kind``'s training loss: cross-entropy
+    (label maps work too, void pixels ignored) or a VAE's negative ELBO. Kept channels stay in
+    their original order.
     """
     if importance not in IMPORTANCES:
         raise ValueError(f"unknown importance {importance!r}; use one of {IMPORTANCES}")
@@ -69,7 +70,9 @@ def prune_channels(
     narrowed = groups_to_narrow(groups, widths)
     model = copy.deepcopy(model).eval()
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=images[:1])
-    scorer = _scorer(importance, model, images, labels, ignore_index)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # a VAE's loss draws posterior noise: the same draws on every run
+        scorer = _scorer(importance, model, images, labels, kind)
     generator = torch.Generator().manual_seed(seed)
 
     # Score every group on the intact network first: pruning one group changes other layers'
@@ -92,7 +95,7 @@ def prune_channels(
     return model.eval()
 
 
-def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, ignore_index: int):
+def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, kind: TaskKind):
     import torch_pruning as tp
 
     if importance in ("l1", "l2"):
@@ -101,12 +104,12 @@ def _scorer(importance: str, model: nn.Module, images: torch.Tensor, labels: tor
         return None  # drawn from the seeded generator above, not torch's global stream
     model.zero_grad(set_to_none=True)
     if importance == "taylor":
-        F.cross_entropy(model(images), labels, ignore_index=ignore_index).backward()
+        kind.loss(kind.output(model, images), images, labels).backward()
         return tp.importance.GroupTaylorImportance()
     scorer = _summed_hessian_importance()()
     for x, y in zip(images, labels):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[None]), y[None], ignore_index=ignore_index).backward()
+        kind.loss(kind.output(model, x[None]), x[None], y[None]).backward()
         scorer.accumulate_grad(model)
     return scorer
 
@@ -119,6 +122,10 @@ def _producer(model: nn.Module, group: ChannelGroup) -> tuple[nn.Module, object]
     for member in group.members:
         module_name, _, attr = member.tensor.rpartition(".")
         module = model.get_submodule(module_name)
+        if attr == "weight" and member.start == 0 and isinstance(module, nn.ConvTranspose2d):
+            if member.dim == 1:  # a transposed conv keeps its output channels on dim 1
+                return module, tp.prune_conv_out_channels
+            continue
         if attr == "weight" and member.dim == 0 and member.start == 0:
             if isinstance(module, nn.Conv2d):
                 return module, tp.prune_conv_out_channels

@@ -41,14 +41,15 @@ class SlimmableNetwork(nn.Module):
             for w in self.widths
         )
 
-    def forward(self, x: torch.Tensor, index: int = 0) -> torch.Tensor:
-        """Run width ``self.widths[index]``; in training mode its private running statistics update."""
+    def forward(self, x: torch.Tensor, index: int = 0, **kwargs):
+        """Run width ``self.widths[index]``; in training mode its private running statistics update.
+        ``kwargs`` go to the model's ``forward`` (a VAE's ``mode``)."""
         shared = {k: v for k, v in named_tensors(self.model).items() if k.rpartition(".")[0] not in self.norm_names}
         tensors = slice_channels(shared, self.groups, self.widths[index])
         # The private tensors go in unsliced and as themselves, so BatchNorm's in-place running
         # statistics updates land in this width's buffers.
         tensors.update(self._private(index))
-        return functional_call(self.model, tensors, (x,))
+        return functional_call(self.model, tensors, (x,), kwargs)
 
     def extract(self, widths: dict[str, int]) -> nn.Module:
         """A standalone network at ``widths`` (trained or not), with the BatchNorm it would run with."""
@@ -81,11 +82,11 @@ class SlimmableNetwork(nn.Module):
 
 
 def slimmable_objective(net: SlimmableNetwork, kind: TaskKind = TaskKind()) -> Callable:
-    """The task loss (cross-entropy) summed over every trained width for each batch (the slimmable
-    training rule: all widths see every batch, their gradients add up on the shared weights)."""
+    """The task loss summed over every trained width for each batch (the slimmable training rule:
+    all widths see every batch, their gradients add up on the shared weights)."""
 
     def objective(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        losses = [kind.loss(net(x, i), y) for i in range(len(net.widths))]
+        losses = [kind.loss(kind.output(lambda x, i=i, **mode: net(x, i, **mode), x), x, y) for i in range(len(net.widths))]
         loss = torch.stack(losses).sum()
         return loss, {"task": loss.detach()}
 

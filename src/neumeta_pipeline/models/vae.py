@@ -53,14 +53,31 @@ class ConvVAE(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=device).to(mean.device)
         return _reparameterise(mean, log_var, eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic reconstruction through the posterior mean (sampling lives in the loss).
+    def forward(self, x: torch.Tensor, mode: str = "reconstruct"):
+        """One of the VAE's four computations, chosen by ``mode``. Everything that runs a network
+        with other weights (``torch.func.functional_call``) reaches a module through ``forward``, so
+        the training objective and the metrics pick the part they need here:
 
-        The mean is reached as the reparameterisation with zero noise, which is exact, so the
-        traced graph sees mean and log-variance meet elementwise: that couples the two heads'
-        channels into one permutable group, as they must be (channel i of both is latent dim i).
+        - ``reconstruct`` (the default, and what the channel tracer and ONNX export see): the
+          deterministic reconstruction of ``x`` through the posterior mean;
+        - ``train``: (the decoding of one posterior draw, mean, log-variance), for the negative
+          ELBO; the draw's noise comes from torch's global generator;
+        - ``encode``: (mean, log-variance) of q(z|x);
+        - ``decode``: pixel probabilities for latents ``x``.
+
+        In ``reconstruct`` the mean is reached as the reparameterisation with zero noise, which is
+        exact, so the traced graph sees mean and log-variance meet elementwise: that couples the two
+        heads' channels into one permutable group, as they must be (channel i of both is latent dim i).
         """
+        if mode == "decode":
+            return self.decode(x)
         mean, log_var = self.encode(x)
+        if mode == "encode":
+            return mean, log_var
+        if mode == "train":
+            return self.decode(self.sample_latent(mean, log_var)), mean, log_var
+        if mode != "reconstruct":
+            raise ValueError(f"unknown ConvVAE mode {mode!r}; use reconstruct, train, encode or decode")
         return self.decode(_reparameterise(mean, log_var, torch.zeros_like(mean)))
 
 

@@ -14,6 +14,7 @@ architecture gives the same state-dict keys and shapes: fused checkpoints load w
 from __future__ import annotations
 
 import copy
+import inspect
 from collections import Counter
 
 import torch
@@ -30,6 +31,13 @@ _BN_FOR = {
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
+def _settings(model: nn.Module) -> dict:
+    """``forward``'s arguments after the input that have defaults (a VAE's ``mode``), held at those
+    defaults: torch.fx would trace them as inputs, and a branch on one cannot be traced."""
+    arguments = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {a.name: a.default for a in arguments if a.default is not inspect.Parameter.empty}
+
+
 def fusable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """``(producer, batchnorm)`` module paths where the BN reads the producer's output and nothing
     else reads it. Raises ``RuntimeError`` if the model cannot be traced by ``torch.fx``.
@@ -37,7 +45,7 @@ def fusable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     Linear followed by BatchNorm1d is taken to act on (N, features) activations.
     """
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = torch.fx.symbolic_trace(model, concrete_args=_settings(model) or None).graph
     except Exception as exc:
         raise RuntimeError(
             f"fuse_batchnorm needs a torch.fx-traceable model; tracing {type(model).__name__} failed with "

@@ -20,6 +20,7 @@ __all__ = [
     "negative_elbo",
     "reconstruction_mse",
     "importance_sampled_nll",
+    "generation_scores",
 ]
 
 # Probabilities are kept this far from 0 and 1, so a saturated sigmoid costs at most
@@ -99,3 +100,42 @@ def importance_sampled_nll(
         log_weights.append(log_px + log_pz - log_qz)
     log_px_estimate = torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(samples)
     return -log_px_estimate.mean()
+
+
+class _Parts:
+    """``encode`` and ``decode`` of a VAE reached through one call with a ``mode`` keyword: the
+    module itself, or a function that runs it with other weights (``functional_call`` reaches
+    modules only through ``forward``; see ``models.vae.ConvVAE.forward``)."""
+
+    def __init__(self, call) -> None:
+        self.call = call
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.call(x, mode="encode")
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.call(z, mode="decode")
+
+
+@torch.no_grad()
+def generation_scores(call, data, nll_samples: int, nll_images: int | None = None, batch_size: int = 500, seed: int = 0) -> dict:
+    """A VAE's test metrics over a split, averaged over images: ``mse``, the reconstruction through
+    the posterior mean, squared error summed over the pixels of an image; ``nll``, -log p(x) in nats
+    per image by importance sampling with ``nll_samples`` posterior draws per image, over the first
+    ``nll_images`` images (None: all; K decodes per image make it the costly one). The draws come
+    from a generator seeded with ``seed``, so a network always gets the same figures. With one
+    draw, ``nll`` is the single-sample negative-ELBO estimate.
+
+    ``call(x, mode=...)`` runs the VAE (``ConvVAE.forward``'s modes).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts = _Parts(call)
+    mse = nll = 0.0
+    images = nll_count = 0
+    for x, _ in data.batches(batch_size):
+        mse += float(reconstruction_mse(call(x), x)) * len(x)
+        take = len(x) if nll_images is None else max(0, min(len(x), nll_images - nll_count))
+        if take:
+            nll += float(importance_sampled_nll(parts, x[:take], nll_samples, generator)) * take
+        images, nll_count = images + len(x), nll_count + take
+    return {"mse": mse / images, "nll": nll / nll_count}

@@ -59,8 +59,9 @@ def weight_norm(model: nn.Module) -> float:
 def collapse_alarms(
     accuracies: dict[float, float], norms: dict[float, float], reference_norm: float,
     chance: float | None = None, reference_accuracy: float | None = None, generated_ratio: float | None = None,
+    metric: str = "accuracy",
 ) -> list[str]:
-    """The collapse signature of a hypernetwork: one accuracy at every width (the generated part
+    """The collapse signature of a hypernetwork: one score (``accuracies``: the main ``metric``) at every width (the generated part
     has become an identity or a constant), every width near chance level while the reference
     network is not (the generated weights do not work at all), or generated weights whose norm
     has vanished: the whole network's, or (``generated_ratio``) the generated weights' at full width
@@ -75,7 +76,7 @@ def collapse_alarms(
         )
     if len(accuracies) > 1 and len(set(accuracies.values())) == 1:
         value = next(iter(accuracies.values()))
-        alarms.append(f"every width has accuracy {value:.4f}: the generated part may have collapsed")
+        alarms.append(f"every width has {metric} {value:.4f}: the generated part may have collapsed")
     elif chance is not None and reference_accuracy is not None and reference_accuracy > chance + 0.1:
         # Even the best width keeps under a quarter of the pretrained network's margin over chance.
         # A fixed margin (two points) missed a whole-ResNet20 run at 9-16% on 466 test images;

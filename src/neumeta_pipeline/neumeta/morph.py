@@ -109,7 +109,7 @@ class MorphSpec:
                     layer=layer,
                     kind=kind,
                     full_shape=tuple(tensor.shape),
-                    transposed=transposed,
+                    transposed=transposed and kind == "weight",  # a bias is (out,) either way
                     out_group=out_group[0].name if out_group and out_group[0].permutable else None,
                     in_group=in_group.name if in_group is not None and in_group.permutable else None,
                     in_block=block,
@@ -120,6 +120,14 @@ class MorphSpec:
         self.morphable = _select([g for g in group_names if g in touched], morphable, "morphable", "channel groups of the generated tensors")
         sizes = {g.name: g.size for g in self.groups}
         self.full_widths = {name: sizes[name] for name in self.morphable}
+        for t in self.tensors:
+            if t.out_group in self.full_widths and t.full_out != sizes[t.out_group]:
+                # e.g. a Linear whose output is reshaped into channels (a VAE's from_latent): its
+                # rows are channels times positions, which the INR does not generate per channel.
+                raise ValueError(
+                    f"morphable: group {t.out_group!r} cannot morph: {t.name} produces it as {t.full_out} rows for "
+                    f"{sizes[t.out_group]} channels; leave it out of morph.morphable"
+                )
         # N, the constant that normalises size coordinates: the widest channel count generated.
         self.norm = max(max(t.full_out, t.full_in) for t in self.tensors)
         self.generated_modules = gen_modules
@@ -142,9 +150,10 @@ class MorphSpec:
         generated = {t.name for t in self.tensors}
         return slice_channels({k: v for k, v in named_tensors(model).items() if k not in generated}, self.groups, widths)
 
-    def run(self, model: nn.Module, widths: dict[str, int], weights: dict[str, torch.Tensor], x: torch.Tensor):
-        """Forward ``x`` through ``model`` at ``widths`` with the generated ``weights`` (no in-place writes)."""
-        return functional_call(model, {**self.frozen_tensors(model, widths), **weights}, (x,))
+    def run(self, model: nn.Module, widths: dict[str, int], weights: dict[str, torch.Tensor], x: torch.Tensor, **kwargs):
+        """Forward ``x`` through ``model`` at ``widths`` with the generated ``weights`` (no in-place writes);
+        ``kwargs`` go to the model's ``forward`` (a VAE's ``mode``)."""
+        return functional_call(model, {**self.frozen_tensors(model, widths), **weights}, (x,), kwargs)
 
     def to_dict(self) -> dict:
         return {

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from ..data.batches import Augment
 from ..errors import UserError
 from .distributed import rank_and_world
 from .inr import NeuMetaINR
@@ -43,7 +43,7 @@ class FitConfig:
     warmup_epochs: float = 0.0
     grad_clip: float | None = None
     ema_decay: float | None = None
-    augment: str = "none"
+    augment: str | Augment = "none"  # a name, or an Augment with its settings (scale_crop_flip)
     progress: bool = True
     precision: str = "fp32"  # or "bf16": autocast the forward pass (for GPUs with bf16 units)
 
@@ -262,10 +262,10 @@ class _Objective(nn.Module):
 
 
 def task_objective(model: nn.Module, kind: TaskKind = TaskKind()) -> Callable:
-    """The kind's loss of ``model`` on a batch (cross-entropy per image or per pixel)."""
+    """The kind's loss of ``model`` on a batch (cross-entropy per image or per pixel, negative ELBO)."""
 
     def objective(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        loss = kind.loss(model(x), y)
+        loss = kind.loss(kind.output(model, x), x, y)
         return loss, {"task": loss.detach()}
 
     return objective
@@ -388,17 +388,17 @@ class NeuMetaLoss:
         teacher = None
         if self.lambda_kd > 0:
             with torch.no_grad():
-                teacher = F.log_softmax(self.target(x) / self.kd_temperature, dim=1)
+                teacher = self.target(x)
         task = kd = reg = 0.0
         full = None
         for widths in configurations:
             raw, weights = self.weights(self.inr, widths, self.coord_noise, generator=self.generator, trained=trained)
             with batch_statistics(self.target) if self.batch_stats else contextlib.nullcontext():
-                logits = self.spec.run(self.target, widths, weights, x)
-            task = task + self.kind.loss(logits, y) / len(configurations)
+                output = self.kind.output(lambda x, **mode: self.spec.run(self.target, widths, weights, x, **mode), x)
+            task = task + self.kind.loss(output, x, y) / len(configurations)
             if teacher is not None and widths != self.full:
-                student = F.log_softmax(logits / self.kd_temperature, dim=1)
-                kd = kd + self.kd_temperature**2 * self.kind.kl(student, teacher) / len(configurations)
+                divergence = self.kind.distill(output, teacher, self.kd_temperature)
+                kd = kd + self.kd_temperature**2 * divergence / len(configurations)
             if self.lambda_reg > 0:
                 reg = reg + torch.stack([w.norm() for w in raw.values()]).sum() / len(configurations)
             if widths == self.full and full is None:

@@ -27,11 +27,11 @@ from ...models import build_model
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta.fuse import fuse_batchnorm
 from ...neumeta.graph import channel_groups
-from ...neumeta.metrics import count_params_and_macs, features_and_logits, linear_cka, mean_kl
+from ...neumeta.metrics import count_params_and_macs, features_and_logits, linear_cka
 from ...neumeta.morph import MorphSpec
 from ...neumeta.resume import content_hash
 from ...neumeta.train import task_objective, device_label, fit, resolve_device, seed_everything
-from ...neumeta.tasks import METRIC_NAMES, METRIC_SHORT, table_metric, task_kind
+from ...neumeta.tasks import METRIC_NAMES, METRIC_SHORT, metric_scale, metric_unit, table_metric, task_kind
 from ..neumeta.nodes import (
     check_labels, first_images, fit_config, pretrain_recipe, result_row, resume_file, run_distributed, table_scores,
 )
@@ -92,7 +92,7 @@ def _train_slimmable(
     val, kind = split_data(splits, "val", dev), task_kind(splits)
 
     def validate(module: SlimmableNetwork) -> float:
-        return sum(kind.score(lambda x, i=i: module(x, i), val) for i in range(len(trained))) / len(trained)
+        return sum(kind.score(lambda x, i=i, **mode: module(x, i, **mode), val) for i in range(len(trained))) / len(trained)
 
     recipe = pretrain_recipe(pretrain)
     with resume_file(recipe, task, "slimmable", seed, dev, {"model": arch, "widths": trained}, {"splits": content_hash(splits)}) as resume:
@@ -128,7 +128,7 @@ def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baseline
         models[method] = {}
         for gamma, w in widths.items():
             pruned = prune_channels(net, groups, w, importance, images, labels if importance in NEEDS_GRADIENTS else None, seed,
-                                    ignore_index=-100 if splits.get("ignore_index") is None else splits["ignore_index"])
+                                    task_kind(splits))
             models[method][f"{gamma:g}"] = model_checkpoint(pruned, arch, widths=w, compression=gamma, seen_in_training=False)
         seconds[method] = time.perf_counter() - start
     stored = {method: _parameters(pretrained_model["state_dict"]) for method in models}
@@ -181,7 +181,7 @@ def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, ev
     arch = ModelParams.model_validate(model).model_dump()
     x0 = example_input(arch)
     base_params, base_macs = count_params_and_macs(fuse_batchnorm(build_model(arch["name"], **arch["kwargs"]).eval()), x0)
-    test, kind = split_data(splits, "test", "cpu"), task_kind(splits)
+    test, kind = split_data(splits, "test", "cpu"), task_kind(splits, params.nll_samples, params.nll_images)
     rows = []
     for method, by_width in models.items():
         seconds = history["seconds"][method]
@@ -257,22 +257,23 @@ def analyse_similarity(
     """Section 4.3 of the paper: linear CKA of one layer's features between each width and its
     family's full width, and the KL divergence between the outputs of every pair of widths, for
     NeuMeta, individually trained and distilled networks (the distilled family's full width is
-    its teacher)."""
+    its teacher). For a generation task the output divergence is the squared distance between the
+    reconstructions (``TaskKind.divergence``); the columns keep their names."""
     params, sim = BaselineParams.model_validate(baselines), SimilarityParams.model_validate(similarity)
     images = first_images(split_data(splits, "test", "cpu"), sim.images)
     keys = [f"{g:g}" for g in params.compressions]
     families = {"neumeta": sampled_models, "individual": individual_models["individual"], "distilled": distilled_models["distilled"]}
-    rows, kl = [], {}
+    rows, kl, kind = [], {}, task_kind(splits)
     for family, models in families.items():
         outputs = {k: features_and_logits(load_model(models[k]), sim.layer, images) for k in keys}
         full_features, full_logits = outputs["0"]
-        kl[family] = [[mean_kl(outputs[a][1], outputs[b][1]) for b in keys] for a in keys]
+        kl[family] = [[kind.divergence(outputs[a][1], outputs[b][1]) for b in keys] for a in keys]
         for i, key in enumerate(keys):
             features, logits = outputs[key]
             rows.append({
                 "task": task, "family": family, "compression": float(key), "layer": sim.layer, "images": len(images),
                 "cka_to_full": linear_cka(features, full_features),
-                "kl_full_to_this": mean_kl(full_logits, logits),
+                "kl_full_to_this": kind.divergence(full_logits, logits),
                 "mean_pairwise_kl": sum(kl[family][i][j] for j in range(len(keys)) if j != i) / max(1, len(keys) - 1),
             })
     table = pd.DataFrame(rows)
@@ -332,11 +333,11 @@ def _comparison_plotly(long: pd.DataFrame, task: str, metric: str = "accuracy") 
     for method, rows in long.groupby("method", sort=False):
         rows = rows.sort_values("compression")
         fig.add_trace(go.Scatter(
-            x=100 * rows.compression, y=100 * rows[metric], mode="lines+markers", name=_label(method),
+            x=100 * rows.compression, y=metric_scale(metric) * rows[metric], mode="lines+markers", name=_label(method),
             line={"dash": "dot" if method.startswith("pruning_") else "solid"},
         ))
     fig.update_layout(title=f"{task}: test {METRIC_NAMES[metric]} of every method vs compression",
-                      xaxis_title="compression of morphable channels (%)", yaxis_title=f"test {METRIC_NAMES[metric]} (%)")
+                      xaxis_title="compression of morphable channels (%)", yaxis_title=f"test {METRIC_NAMES[metric]}{metric_unit(metric)}")
     return fig
 
 
@@ -348,9 +349,10 @@ def _comparison_png(long: pd.DataFrame, task: str, metric: str = "accuracy") -> 
         ax.axvspan(*span, color="lightgrey", alpha=0.5, label="NeuMeta's trained widths")
     for method, rows in long.groupby("method", sort=False):
         rows = rows.sort_values("compression")
-        ax.plot(100 * rows.compression, 100 * rows[metric], ":o" if method.startswith("pruning_") else "-o", label=_label(method))
+        ax.plot(100 * rows.compression, metric_scale(metric) * rows[metric], ":o" if method.startswith("pruning_") else "-o",
+                label=_label(method))
     name = METRIC_NAMES[metric]
-    ax.set(xlabel="compression of morphable channels (%)", ylabel=f"test {name} (%)", title=f"{task}: {name} vs compression")
+    ax.set(xlabel="compression of morphable channels (%)", ylabel=f"test {name}{metric_unit(metric)}", title=f"{task}: {name} vs compression")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

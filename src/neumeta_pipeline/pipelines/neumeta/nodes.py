@@ -28,7 +28,7 @@ from ...config import (
     SampleParams,
     TrainINRParams,
 )
-from ...data import SEGMENTATION_SOURCES, STREAMED_SOURCE, folder_splits, load_source, make_splits, pad_label_maps, split_data
+from ...data import SEGMENTATION_SOURCES, Augment, STREAMED_SOURCE, folder_splits, load_source, make_splits, pad_label_maps, split_data
 from ...errors import UserError
 from ...models import build_model, load_pretrained_weights
 from ...models.checkpoint import example_input, load_model, model_checkpoint
@@ -47,7 +47,7 @@ from ...neumeta.morph import (
 )
 from ...neumeta.resume import ResumeFile, content_hash
 from ...neumeta.sample import load_inr, sample_model
-from ...neumeta.tasks import METRIC_NAMES, task_kind
+from ...neumeta.tasks import METRIC_NAMES, metric_scale, metric_unit, task_kind
 from ...neumeta.train import (
     FitConfig,
     NeuMetaLoss,
@@ -62,8 +62,11 @@ from ...neumeta.train import (
 log = logging.getLogger(__name__)
 
 
-def prepare_data(data: dict, seed: int) -> dict:
-    """Read the task's images (downloading when allowed) and split train/validation/test."""
+def prepare_data(data: dict, seed: int, kind: str = "classification") -> dict:
+    """Read the task's images (downloading when allowed) and split train/validation/test.
+
+    A generation task's images stay in [0, 1] (mean 0, std 1): the VAE's Bernoulli likelihood
+    and MSE are measured on pixel intensities, not on normalised values."""
     params = DataParams.model_validate(data)
     if params.source == STREAMED_SOURCE:
         splits = folder_splits(
@@ -71,10 +74,13 @@ def prepare_data(data: dict, seed: int) -> dict:
             params.mean, params.std, params.workers,
         )
     else:
-        arrays = load_source(params.source, params.root, params.download)
+        arrays = load_source(params.source, params.root, params.download, params.image_size, params.max_train, seed)
         splits = make_splits(arrays, params.val_fraction, params.test_fraction, seed, params.max_train)
     if params.source in SEGMENTATION_SOURCES:
         splits = {**pad_label_maps(splits, params.pad_to_multiple), "kind": "segmentation"}
+    if kind == "generation":
+        channels = len(splits["mean"])
+        splits = {**splits, "kind": "generation", "mean": [0.0] * channels, "std": [1.0] * channels}
     splits["made_with"] = params.split_settings(seed)  # a later stage refuses a split made otherwise
     log.info(
         "data %s: %d train, %d validation, %d test images",
@@ -245,7 +251,7 @@ def _train_inr(
             if calibration is not None:
                 tensors = {**spec.frozen_tensors(target, widths), **weights}
                 weights = {**weights, **batchnorm_statistics(target, tensors, calibration)}
-            scores.append(loss.kind.score(lambda x: spec.run(target, widths, weights, x), val))
+            scores.append(loss.kind.score(lambda x, **mode: spec.run(target, widths, weights, x, **mode), val))
         return sum(scores) / len(scores)
 
     # Stages: the blocks trained in each, and for how many epochs. One stage is the joint training.
@@ -361,35 +367,35 @@ def evaluate(
     params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
     low, high = morph_p.compression_range
     test = split_data(splits, "test", "cpu")
-    kind = task_kind(splits)
+    kind = task_kind(splits, params.nll_samples, params.nll_images)
     x0 = example_input(pretrained_model["arch"])
     base = load_model(pretrained_model)
     fused = load_model(fused_model)
     base_params, base_macs = count_params_and_macs(fused, x0)
     rows = [result_row(task, "pretrained", 0.0, True, {}, table_scores(kind, base, test, params.batch_size, splits),
                        *count_params_and_macs(base, x0), base_params, base_macs)]
-    images, labels = test.take(torch.arange(min(EXAMPLES, len(test))))
-    with torch.no_grad():
-        predictions = {"pretrained": base(images).argmax(dim=1)}
+    images, labels = test.take(torch.arange(min(EXAMPLES if kind.name != "generation" else GENERATION_EXAMPLES, len(test))))
+    latents = _prior_draws(base, images) if kind.name == "generation" else None
+    predictions = {"pretrained": _example_outputs(kind, base, images, latents)}
     norms = {}
     for key, checkpoint in sampled_models.items():
         net = load_model(checkpoint)
         gamma = float(checkpoint["compression"])
         n_params, n_macs = count_params_and_macs(net, x0)
         norms[gamma] = weight_norm(net)
-        with torch.no_grad():
-            predictions[f"{100 * gamma:g}%"] = net(images).argmax(dim=1)
+        predictions[f"{100 * gamma:g}%"] = _example_outputs(kind, net, images, latents)
         rows.append(
             result_row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
                        table_scores(kind, net, test, params.batch_size, splits), n_params, n_macs, base_params, base_macs)
         )
     table = pd.DataFrame(rows)
     ours = table[table.method == "neumeta"]
-    with torch.no_grad():
-        classes = base.eval()(x0).shape[1]
-    chance = 1.0 / classes if kind.name == "classification" else None
+    chance = None
+    if kind.name == "classification":
+        with torch.no_grad():
+            chance = 1.0 / base.eval()(x0).shape[1]
     alarms = collapse_alarms(dict(zip(ours.compression, ours[kind.metric])), norms, weight_norm(base), chance, rows[0][kind.metric],
-                             _generated_ratio(sampled_models, fused, fused_model, morph_p))
+                             _generated_ratio(sampled_models, fused, fused_model, morph_p), METRIC_NAMES[kind.metric])
     for alarm in alarms:
         log.warning("COLLAPSE ALARM (%s): %s", task, alarm)
     metrics = {
@@ -399,7 +405,8 @@ def evaluate(
         "results": table[table.method == "neumeta"].to_dict(orient="records"),
         "collapse_alarms": alarms,
     }
-    examples = _examples_png(task, images, labels, predictions, splits)
+    examples = (_generation_png(task, images, predictions) if kind.name == "generation"
+                else _examples_png(task, images, labels, predictions, splits))
     charts = _plotly_chart(table, task, (low, high), kind.metric), _png_chart(table, task, (low, high), kind.metric)
     return metrics, table, *charts, examples
 
@@ -428,7 +435,10 @@ def pretrain_recipe(pretrain: dict) -> FitParams:
 
 def fit_config(params: FitParams) -> FitConfig:
     """The loop's settings from a validated parameter section."""
-    return FitConfig(**{k: v for k, v in params.model_dump().items() if k in FitConfig.__dataclass_fields__})
+    settings = {k: v for k, v in params.model_dump().items() if k in FitConfig.__dataclass_fields__}
+    if params.augment == "scale_crop_flip":
+        settings["augment"] = Augment(params.augment, tuple(params.crop_size), tuple(params.scale_range))
+    return FitConfig(**settings)
 
 
 def resume_file(
@@ -464,8 +474,15 @@ def first_images(data, count: int) -> torch.Tensor:
 
 
 def check_labels(splits: dict, net: torch.nn.Module, x: torch.Tensor) -> None:
+    """The network's outputs fit the split: a class per label (void aside), or for generation the
+    input's own shape (labels are unused)."""
     with torch.no_grad():
-        classes = net.eval()(x).shape[1]
+        out = net.eval()(x)
+    if splits.get("kind") == "generation":
+        if out.shape != x.shape:
+            raise ValueError(f"a generation task's network must reconstruct its input: it maps {tuple(x.shape)} to {tuple(out.shape)}")
+        return
+    classes = out.shape[1]
     labels = torch.cat([splits["y_train"].flatten(), splits["y_test"].flatten()])
     if splits.get("ignore_index") is not None:
         labels = labels[labels != splits["ignore_index"]]  # void pixels have no output channel
@@ -514,19 +531,63 @@ def result_row(task, method, gamma, seen, widths, scores: dict, n_params, n_macs
 
 def _plotly_chart(table: pd.DataFrame, task: str, seen: tuple[float, float], metric: str = "accuracy") -> go.Figure:
     ours = table[table.method == "neumeta"].sort_values("compression")
-    name = METRIC_NAMES[metric]
+    name, scale, unit = METRIC_NAMES[metric], metric_scale(metric), metric_unit(metric)
+    shown = "%{y:.2f}%%" if scale == 100 else "%{y:.4g}"
     fig = go.Figure()
     fig.add_vrect(x0=100 * seen[0], x1=100 * seen[1], fillcolor="lightgrey", opacity=0.3, line_width=0,
                   annotation_text="trained widths")
-    fig.add_trace(go.Scatter(x=100 * ours.compression, y=100 * ours[metric], mode="lines+markers", name="NeuMeta",
-                             text=ours.widths, hovertemplate="%{x}%%: %{y:.2f}%% (%{text})"))
-    fig.add_hline(y=100 * table[metric].iloc[0], line_dash="dash", annotation_text="pretrained (full width)")
+    fig.add_trace(go.Scatter(x=100 * ours.compression, y=scale * ours[metric], mode="lines+markers", name="NeuMeta",
+                             text=ours.widths, hovertemplate=f"%{{x}}%%: {shown} (%{{text}})"))
+    fig.add_hline(y=scale * table[metric].iloc[0], line_dash="dash", annotation_text="pretrained (full width)")
     fig.update_layout(title=f"{task}: test {name} vs compression", xaxis_title="compression of morphable channels (%)",
-                      yaxis_title=f"test {name} (%)")
+                      yaxis_title=f"test {name}{unit}")
     return fig
 
 
 EXAMPLES = 4  # test images in the examples picture
+GENERATION_EXAMPLES = 8  # a VAE's: reconstructed test images, and as many prior samples
+
+
+@torch.no_grad()
+def _prior_draws(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Latents from the prior N(0, I), one per example image, from a fixed seed: every width
+    decodes the same ones."""
+    latent = net.eval()(images[:1], mode="encode")[0].shape[1]
+    return torch.randn(len(images), latent, generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def _example_outputs(kind, net: torch.nn.Module, images: torch.Tensor, latents: torch.Tensor | None):
+    """What the examples picture shows of one network: its predicted labels (or label maps), or a
+    VAE's reconstructions of ``images`` and decodings of the prior ``latents``."""
+    net = net.eval()
+    if kind.name == "generation":
+        return net(images), net(latents, mode="decode")
+    return net(images).argmax(dim=1)
+
+
+def _generation_png(task: str, images: torch.Tensor, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Figure:
+    """One row per network (pretrained, then each width): reconstructions of the first test images
+    (the top row shows the images), then decodings of the same prior draws for every row."""
+    n = len(images)
+    rows = [("test images", images, None), *((key, recon, samples) for key, (recon, samples) in outputs.items())]
+    fig = Figure(figsize=(0.9 * 2 * n + 0.6, 0.95 * len(rows) + 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), 2 * n, squeeze=False)
+    for r, (key, recon, samples) in enumerate(rows):
+        shown = [*recon, *(samples if samples is not None else [None] * n)]
+        for c, (ax, picture) in enumerate(zip(axes[r], shown)):
+            ax.set_xticks([]), ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if picture is not None:
+                picture = picture.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+                ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+            if c == 0:
+                ax.set_ylabel(key, fontsize=7, rotation=0, ha="right", va="center")
+            if r == 0 and c in (0, n):
+                ax.set_title("reconstructions" if c == 0 else "prior samples", fontsize=8, loc="left")
+    fig.suptitle(f"{task}: reconstructions of the first test images and samples from the prior, per width", fontsize=9)
+    return fig
 
 
 def _examples_png(
@@ -581,10 +642,10 @@ def _png_chart(table: pd.DataFrame, task: str, seen: tuple[float, float], metric
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.axvspan(100 * seen[0], 100 * seen[1], color="lightgrey", alpha=0.5, label="trained widths")
-    name = METRIC_NAMES[metric]
-    ax.plot(100 * ours.compression, 100 * ours[metric], "o-", label="NeuMeta")
-    ax.axhline(100 * table[metric].iloc[0], ls="--", color="black", label="pretrained (full width)")
-    ax.set(xlabel="compression of morphable channels (%)", ylabel=f"test {name} (%)", title=f"{task}: {name} vs compression")
+    name, scale = METRIC_NAMES[metric], metric_scale(metric)
+    ax.plot(100 * ours.compression, scale * ours[metric], "o-", label="NeuMeta")
+    ax.axhline(scale * table[metric].iloc[0], ls="--", color="black", label="pretrained (full width)")
+    ax.set(xlabel="compression of morphable channels (%)", ylabel=f"test {name}{metric_unit(metric)}", title=f"{task}: {name} vs compression")
     ax.legend()
     fig.tight_layout()
     return fig

@@ -23,7 +23,7 @@ def _bind_task(func, task: str):
 def _template(task: str) -> Pipeline:
     return Pipeline(
         [
-            node(nodes.prepare_data, ["params:data", "params:seed"], "splits", name="prepare_data"),
+            node(nodes.prepare_data, ["params:data", "params:seed", "params:kind"], "splits", name="prepare_data"),
             node(
                 _bind_task(nodes.pretrain, task),
                 ["splits", "params:model", "params:pretrain", "params:distributed", "params:seed", "params:device"],
