@@ -103,6 +103,16 @@ class ModelParams(_Section):
     name: str
     kwargs: dict = {}
     input_shape: list[int] = Field(min_length=1)
+    encoder_weights: str | None = Field(
+        None, description="unet: a local file of the encoder backbone's weights (e.g. torchvision's resnet18 .pth) that "
+        "every trained network starts from (narrower ones take the leading channels); None: random initialisation"
+    )
+
+    @model_validator(mode="after")
+    def _encoder(self) -> ModelParams:
+        if self.encoder_weights is not None and self.name != "unet":
+            raise ValueError(f"model.encoder_weights applies to unet (an encoder and a decoder), not {self.name!r}")
+        return self
 
     @field_validator("name")
     @classmethod

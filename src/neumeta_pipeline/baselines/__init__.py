@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models import build_model
+from ..models import build_model, load_encoder_weights
 from ..models.checkpoint import example_input
 from ..neumeta.graph import channel_groups
 from ..neumeta.morph import resize
@@ -33,6 +33,8 @@ def fresh_at_widths(arch: dict, widths: dict[str, int]) -> nn.Module:
     for module in model.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
+    if arch.get("encoder_weights"):  # every trained network starts from the same backbone
+        load_encoder_weights(model, arch["encoder_weights"])
     return model
 
 

@@ -90,4 +90,33 @@ def load_pretrained_weights(model: nn.Module, name: str, weights: str) -> None:
                         f"num_classes?): {str(exc).splitlines()[0]} ...") from None
 
 
-__all__ = ["MODELS", "TORCHVISION_MODELS", "build_model", "load_pretrained_weights", "LeNet", "CifarResNet", "ConvVAE"]
+def load_encoder_weights(model: nn.Module, path: str) -> None:
+    """Start ``model.encoder`` (smp's U-Net) from a local file of the backbone's weights, e.g.
+    torchvision's ``resnet18-f37072fd.pth`` (loaded with ``weights_only=True``; the classifier
+    ``fc.*`` it holds is not part of an encoder and is left out). A narrowed encoder takes each
+    tensor's leading channels, the order in which every width of this project is cut."""
+    import torch
+
+    from ..errors import UserError
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"model.encoder_weights: the weights file {file} does not exist")
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise UserError(f"model.encoder_weights applies to networks with an encoder (unet), not {type(model).__name__}")
+    state = {k: v for k, v in torch.load(file, map_location="cpu", weights_only=True).items() if not k.startswith("fc.")}
+    own = encoder.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise UserError(f"model.encoder_weights {file} does not fit the encoder: missing {missing[:3]}"
+                        f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    for key, target in own.items():
+        source = state[key]
+        if source.dim() != target.dim() or any(t > s for t, s in zip(target.shape, source.shape)):
+            raise UserError(f"model.encoder_weights {file}: {key} is {tuple(source.shape)}, the encoder needs {tuple(target.shape)}")
+        own[key] = source[tuple(slice(0, n) for n in target.shape)].to(target.dtype) if source.dim() else source
+    encoder.load_state_dict(own)
+
+
+__all__ = ["MODELS", "load_encoder_weights", "TORCHVISION_MODELS", "build_model", "load_pretrained_weights", "LeNet", "CifarResNet", "ConvVAE"]

@@ -23,7 +23,7 @@ from ...baselines.pruning import NEEDS_GRADIENTS, prune_channels
 from ...baselines.slimmable import SlimmableNetwork, slimmable_objective
 from ...config import BaselineParams, EvaluateParams, FitParams, ModelParams, MorphParams, SimilarityParams
 from ...data import split_data
-from ...models import build_model
+from ...models import build_model, load_encoder_weights
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta.fuse import fuse_batchnorm
 from ...neumeta.graph import channel_groups
@@ -86,6 +86,8 @@ def _train_slimmable(
     arch, widths, params, dev = _setup(model, morph, baselines, device)
     generator = seed_everything(seed)
     base = build_model(arch["name"], **arch["kwargs"])
+    if arch["encoder_weights"]:
+        load_encoder_weights(base, arch["encoder_weights"])
     trained = list(_widths(arch, morph, params.slimmable_compressions).values())
     net = SlimmableNetwork(base, channel_groups(base, example_input(arch)), trained).to(dev)
     check_labels(splits, base, example_input(arch).to(dev))

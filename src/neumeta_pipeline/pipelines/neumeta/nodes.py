@@ -30,7 +30,7 @@ from ...config import (
 )
 from ...data import SEGMENTATION_SOURCES, Augment, STREAMED_SOURCE, folder_splits, load_source, make_splits, pad_label_maps, split_data
 from ...errors import UserError
-from ...models import build_model, load_pretrained_weights
+from ...models import build_model, load_encoder_weights, load_pretrained_weights
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta import fuse, graph, permute
 from ...neumeta.export import export_onnx as onnx_export
@@ -135,7 +135,10 @@ def _pretrain(splits: dict, model: dict, pretrain: dict, seed: int, device: str,
     params = pretrain_recipe(pretrain)
     dev = resolve_device(device)
     generator = seed_everything(seed)
-    net = build_model(arch["name"], **arch["kwargs"]).to(dev)
+    net = build_model(arch["name"], **arch["kwargs"])
+    if arch["encoder_weights"]:
+        load_encoder_weights(net, arch["encoder_weights"])
+    net = net.to(dev)
     check_labels(splits, net, example_input(arch).to(dev))
     train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
     kind = task_kind(splits)
