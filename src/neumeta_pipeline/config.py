@@ -417,17 +417,14 @@ class TaskParams(_Section):
 
     @model_validator(mode="after")
     def _input_fits_images(self) -> TaskParams:
-        # VOC's images all become image_size squares; an input_shape of another size would trace the
-        # graph, count MACs and export ONNX for inputs the network never gets.
+        # VOC's images and CelebA's faces all become RGB image_size squares; an input_shape of
+        # another size would trace the graph, count MACs and export ONNX for inputs the network
+        # never gets.
         side = self.data.image_size
-        if self.data.source == "voc" and self.model.input_shape[-2:] != [side, side]:
+        what = {"voc": "VOC images are padded to", "celeba": "CelebA's faces are"}.get(self.data.source)
+        if what is not None and self.model.input_shape != [3, side, side]:
             raise ValueError(
-                f"model.input_shape {self.model.input_shape} does not fit data.image_size {side} (VOC images are padded to "
-                f"{side}x{side} squares): set input_shape: [3, {side}, {side}]"
-            )
-        if self.data.source == "celeba" and self.model.input_shape != [3, side, side]:
-            raise ValueError(
-                f"model.input_shape {self.model.input_shape} does not fit data.image_size {side} (CelebA's faces are RGB "
+                f"model.input_shape {self.model.input_shape} does not fit data.image_size {side} ({what} RGB "
                 f"{side}x{side} squares): set input_shape: [3, {side}, {side}]"
             )
         return self
