@@ -12,7 +12,6 @@ builds exactly the networks NeuMeta is evaluated at.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..models import build_model, load_encoder_weights

@@ -118,12 +118,7 @@ def table_metric(table) -> str:
     return next(m for m in ("accuracy", "miou", "mse") if m in table.columns)
 
 
-def task_kind(splits: dict, nll_samples: int | None = None, nll_images: int | None = -1) -> TaskKind:
+def task_kind(splits: dict, **settings) -> TaskKind:
     """The kind a data split was made for (splits made before kinds existed are classification);
-    ``nll_samples``/``nll_images`` override the generation NLL's defaults (-1: keep)."""
-    settings = {}
-    if nll_samples is not None:
-        settings["nll_samples"] = nll_samples
-    if nll_images != -1:
-        settings["nll_images"] = nll_images
+    ``settings`` are the evaluation's other fields (a generation task's ``nll_samples``, ``nll_images``)."""
     return TaskKind(splits.get("kind", "classification"), splits.get("num_classes"), splits.get("ignore_index"), **settings)

@@ -183,7 +183,7 @@ def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, ev
     arch = ModelParams.model_validate(model).model_dump()
     x0 = example_input(arch)
     base_params, base_macs = count_params_and_macs(fuse_batchnorm(build_model(arch["name"], **arch["kwargs"]).eval()), x0)
-    test, kind = split_data(splits, "test", "cpu"), task_kind(splits, params.nll_samples, params.nll_images)
+    test, kind = split_data(splits, "test", "cpu"), task_kind(splits, nll_samples=params.nll_samples, nll_images=params.nll_images)
     rows = []
     for method, by_width in models.items():
         seconds = history["seconds"][method]

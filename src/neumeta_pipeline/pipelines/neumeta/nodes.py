@@ -370,7 +370,7 @@ def evaluate(
     params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
     low, high = morph_p.compression_range
     test = split_data(splits, "test", "cpu")
-    kind = task_kind(splits, params.nll_samples, params.nll_images)
+    kind = task_kind(splits, nll_samples=params.nll_samples, nll_images=params.nll_images)
     x0 = example_input(pretrained_model["arch"])
     base = load_model(pretrained_model)
     fused = load_model(fused_model)
