@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .generation import generation_scores, negative_elbo
+from .generation import generation_scores, negative_elbo, reconstruction_mse
 from .metrics import accuracy, mean_kl, segmentation_scores
 
 KINDS = ("classification", "segmentation", "generation")
@@ -83,7 +83,7 @@ class TaskKind:
         mean), summed over pixels, averaged over images (no temperature: 1 is required)."""
         if self.name == "generation":
             student = student_output[0] if isinstance(student_output, tuple) else student_output
-            return (student - teacher_output).square().flatten(1).sum(1).mean()
+            return reconstruction_mse(student, teacher_output)
         return self.kl(F.log_softmax(student_output / temperature, dim=1), F.log_softmax(teacher_output / temperature, dim=1))
 
     def divergence(self, p_output: torch.Tensor, q_output: torch.Tensor) -> float:
@@ -91,7 +91,7 @@ class TaskKind:
         the softmax outputs (averaged over images, and pixels), or for generation the squared
         distance of the reconstructions summed per image, averaged over images."""
         if self.name == "generation":
-            return float((p_output.double() - q_output.double()).square().flatten(1).sum(1).mean())
+            return float(reconstruction_mse(p_output.double(), q_output.double()))
         return mean_kl(p_output, q_output)
 
     def scores(self, forward, data, batch_size: int | None = None) -> dict:
@@ -115,7 +115,7 @@ class TaskKind:
 
 def table_metric(table) -> str:
     """The score column of a result table: its task kind's main metric."""
-    return next(m for m in ("accuracy", "miou", "mse") if m in table.columns)
+    return next(m for m in METRIC_NAMES if m in table.columns)
 
 
 def task_kind(splits: dict, **settings) -> TaskKind:
