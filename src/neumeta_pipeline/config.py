@@ -243,6 +243,9 @@ class INRParams(_Section):
     noise_scaling: Literal[NOISE_SCALINGS] = Field(  # type: ignore[valid-type]
         "width", description="coordinate noise of one channel cell of the current width, or fixed: of the full width"
     )
+    size_inputs: bool = Field(
+        True, description="the INR sees each layer's current channel counts; false: the full counts at every width (weights depend on position alone)"
+    )
     shared: str | list[str] = Field(
         [], description="modules not generated whose parameters are trained directly, shared by every width ('all': every one)"
     )

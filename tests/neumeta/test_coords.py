@@ -45,6 +45,20 @@ def test_centred_coordinates_sample_the_same_interval_at_every_width():
         assert torch.isclose(out.min() + out.max(), torch.tensor(1.0))  # symmetric about the middle
 
 
+def test_full_sizes_show_every_width_the_full_channel_counts_and_keep_positions_relative():
+    model = build_model("lenet", width=8)
+    spec = MorphSpec(model, torch.zeros(1, 1, 28, 28))
+    conv2 = next(t for t in spec.tensors if t.name == "conv2.weight")  # (16, 8) channels at full width
+    full = spec.channels(conv2, spec.full_widths)[::-1]
+    for compression in (0.0, 0.5, 0.75):
+        raw = raw_coordinates(spec, conv2, spec.widths(compression))
+        seen = normalise(raw, spec.norm, centred=True)
+        blind = normalise(raw, spec.norm, centred=True, full_sizes=full)
+        assert torch.equal(blind[:, :4], seen[:, :4])  # layer and positions unchanged
+        assert torch.all(blind[:, 4] == 8 / spec.norm) and torch.all(blind[:, 5] == 16 / spec.norm)
+    assert not torch.equal(seen[:, 4:], blind[:, 4:])  # a narrow width's sizes did change
+
+
 def test_channel_noise_factors_scale_only_the_channel_columns():
     raw = torch.zeros(5000, 6)
     noisy = add_noise(raw, 1.0, torch.Generator().manual_seed(0), channel_scale=(0.25, 0.5))

@@ -31,6 +31,23 @@ def test_generated_shapes_at_odd_widths_match_the_network():
     assert spec.run(model, widths, weights, X).shape == (16, 10)
 
 
+def test_without_size_inputs_a_half_width_layer_samples_the_full_width_function():
+    # Corner coordinates c / C: channel 2j of 8 and channel j of 4 sit at the same position, so
+    # without size inputs the half-width weight is the full-width one times the fan-in ratio (the
+    # INR predicts weight * fan-in). With size inputs the INR sees another channel count there.
+    torch.manual_seed(0)
+    spec = MorphSpec(build_model("lenet", width=4), X[:1])  # conv2: 8 -> 4 channels at half width
+    blind = NeuMetaINR(spec, num_frequencies=4, hidden=16, depth=1, size_inputs=False)
+    sees = NeuMetaINR(spec, num_frequencies=4, hidden=16, depth=1)
+    sees.load_state_dict(blind.state_dict())
+    full, half = blind.generate(spec.full_widths), blind.generate(spec.widths(0.5))
+    assert half["conv2.weight"].shape == (4, 2, 5, 5)
+    assert torch.allclose(half["conv2.weight"], 2 * full["conv2.weight"][::2, ::2], atol=1e-6)
+    assert torch.allclose(half["conv2.bias"], full["conv2.bias"][::2], atol=1e-6)
+    assert torch.equal(sees.generate(spec.full_widths)["conv2.weight"], full["conv2.weight"])
+    assert not torch.allclose(sees.generate(spec.widths(0.5))["conv2.weight"], half["conv2.weight"], atol=1e-3)
+
+
 # --------------------------------------------------------------------------------------------
 # Layouts
 

@@ -60,18 +60,19 @@ def test_per_kind_checkpoint_round_trip_keeps_the_layout():
 
 def test_checkpoints_without_a_layout_load_as_per_tensor():
     inr, _ = _inr()
-    old = ("layout", "centred", "noise_scaling")
+    old = ("layout", "centred", "noise_scaling", "size_inputs")
     config = {k: v for k, v in inr.config.items() if k not in old}  # as train_inr wrote it before these options
     again = load_inr({"spec": inr.spec.to_dict(), "inr_config": config, "state_dict": inr.state_dict()})
     assert again.config["layout"] == "per_tensor" and len(again.mlps) == len(inr.spec.tensors)
     assert again.config["centred"] is False and again.config["noise_scaling"] == "width"
+    assert again.config["size_inputs"] is True
 
 
 def test_coordinate_options_round_trip_and_change_the_weights():
     torch.manual_seed(0)
     target = build_model("lenet", width=8).eval()
     plain = NeuMetaINR(MorphSpec(target, X[:1]), num_frequencies=4, hidden=16, depth=1)
-    inr = NeuMetaINR(MorphSpec(target, X[:1]), num_frequencies=4, hidden=16, depth=1, centred=True, noise_scaling="fixed")
+    inr = NeuMetaINR(MorphSpec(target, X[:1]), num_frequencies=4, hidden=16, depth=1, centred=True, noise_scaling="fixed", size_inputs=False)
     inr.load_state_dict(plain.state_dict())
     again = load_inr({"spec": inr.spec.to_dict(), "inr_config": inr.config, "state_dict": inr.state_dict()})
     widths = inr.spec.widths(0.5)

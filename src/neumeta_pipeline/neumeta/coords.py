@@ -5,7 +5,10 @@ For element (c_out, c_in) of generated layer l in a configuration with L generat
 ``[l/L, c_in/C_in, c_out/C_out, L/N, C_in/N, C_out/N]`` with N the widest generated channel count.
 With ``centred`` coordinates a channel index maps to the centre of its cell, ``(c + 0.5)/C``: a
 narrow layer's channels then sample the same interval as the full layer's, symmetrically, instead
-of all starting at 0 and stopping short of 1 by a width-dependent gap.
+of all starting at 0 and stopping short of 1 by a width-dependent gap. With ``full_sizes`` the
+INR is shown the full channel counts at every width instead of the current ones: a weight is then a
+function of its position alone, and an unseen width asks for new positions in the interval it was
+trained on, not for a channel count outside the range it saw.
 
 Training adds uniform noise to the raw coordinate (cross-model smoothness). Its width is in raw
 index units, so relative to the layer it covers one channel's cell at every width (``noise:
@@ -42,13 +45,20 @@ def raw_coordinates(spec: MorphSpec, tensor: TensorSpec, widths: dict[str, int],
     )
 
 
-def normalise(raw: torch.Tensor, norm: float, centred: bool = False) -> torch.Tensor:
-    """Map raw coordinates to the INR's input: indices relative to their sizes, sizes relative to N."""
+def normalise(
+    raw: torch.Tensor, norm: float, centred: bool = False, full_sizes: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Map raw coordinates to the INR's input: indices relative to their sizes, sizes relative to N.
+    ``full_sizes`` (C_in, C_out of the full-width tensor) replace the sizes the INR sees; the
+    indices stay relative to the current sizes."""
     layer, c_in, c_out, num_layers, size_in, size_out = raw.unbind(dim=-1)
     if centred:
         c_in, c_out = c_in + 0.5, c_out + 0.5
+    position_in, position_out = c_in / size_in, c_out / size_out
+    if full_sizes is not None:
+        size_in, size_out = (torch.full_like(size_in, float(n)) for n in full_sizes)
     return torch.stack(
-        [layer / num_layers, c_in / size_in, c_out / size_out, num_layers / norm, size_in / norm, size_out / norm],
+        [layer / num_layers, position_in, position_out, num_layers / norm, size_in / norm, size_out / norm],
         dim=-1,
     )
 

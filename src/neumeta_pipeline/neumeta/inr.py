@@ -105,6 +105,7 @@ class NeuMetaINR(nn.Module):
         layout: str = "per_tensor",
         centred: bool = False,
         noise_scaling: str = "width",
+        size_inputs: bool = True,
         shared: dict[str, list[int]] | None = None,
         branch_scale: list[str] | tuple[str, ...] = (),
         branch_scale_init: float = 1.0,
@@ -119,7 +120,7 @@ class NeuMetaINR(nn.Module):
             raise ValueError(f"branch_scale: {unknown} are not generated modules ({', '.join(spec.generated_modules)})")
         self.config = {
             "num_frequencies": num_frequencies, "hidden": hidden, "depth": depth, "layout": layout,
-            "centred": centred, "noise_scaling": noise_scaling,
+            "centred": centred, "noise_scaling": noise_scaling, "size_inputs": size_inputs,
             "shared": shared, "branch_scale": list(branch_scale), "branch_scale_init": branch_scale_init,
         }
         self.features = FourierFeatures(num_frequencies)
@@ -249,15 +250,25 @@ class NeuMetaINR(nn.Module):
         """Standardised-back values of ``tensors`` (spec indices), sample-averaged, one MLP call per sample."""
         sizes = [len(x) // samples for x in noisy]
         total = None
+        full = [None if self.config["size_inputs"] else self._full_sizes(i) for i in tensors]
         for k in range(samples):
-            batch = [x[k * n : (k + 1) * n] for x, n in zip(noisy, sizes)]
+            batch = [
+                normalise(x[k * n : (k + 1) * n], self.spec.norm, self.config["centred"], f)
+                for x, n, f in zip(noisy, sizes, full)
+            ]
             coords = batch[0] if len(batch) == 1 else torch.cat(batch)
-            out = mlp(self.features(normalise(coords, self.spec.norm, self.config["centred"])))
+            out = mlp(self.features(coords))
             total = out if total is None else total + out
         out = {}
         for i, part in zip(tensors, (total,) if len(tensors) == 1 else total.split(sizes)):
             out[i] = (part / samples) * self.out_scale[i] + self.out_shift[i]
         return out
+
+    def _full_sizes(self, index: int) -> tuple[int, int]:
+        """(C_in, C_out) of tensor ``index`` at full width, in the raw coordinate's terms."""
+        tensor = self.spec.tensors[index]
+        c_out, c_in = self.spec.channels(tensor, self.spec.full_widths)
+        return c_in, c_out
 
     def _channel_noise(self, tensor: TensorSpec, widths: dict[str, int]) -> tuple[float, float]:
         """Factors on the (c_in, c_out) noise: 1 keeps it one cell of the current width; ``fixed``
