@@ -249,13 +249,14 @@ class NeuMetaINR(nn.Module):
     ) -> dict[int, torch.Tensor]:
         """Standardised-back values of ``tensors`` (spec indices), sample-averaged, one MLP call per sample."""
         sizes = [len(x) // samples for x in noisy]
+        # Normalised per tensor (each may see its own full sizes), all K copies at once: row-wise.
+        inputs = [
+            normalise(x, self.spec.norm, self.config["centred"], None if self.config["size_inputs"] else self._full_sizes(i))
+            for i, x in zip(tensors, noisy)
+        ]
         total = None
-        full = [None if self.config["size_inputs"] else self._full_sizes(i) for i in tensors]
         for k in range(samples):
-            batch = [
-                normalise(x[k * n : (k + 1) * n], self.spec.norm, self.config["centred"], f)
-                for x, n, f in zip(noisy, sizes, full)
-            ]
+            batch = [x[k * n : (k + 1) * n] for x, n in zip(inputs, sizes)]
             coords = batch[0] if len(batch) == 1 else torch.cat(batch)
             out = mlp(self.features(coords))
             total = out if total is None else total + out
