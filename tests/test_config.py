@@ -35,6 +35,7 @@ def test_shipped_parameters_are_valid(task):
         (("similarity",), None, "similarity"),
         (("train_inr", "width_sampling"), "gaussian", "train_inr.width_sampling"),
         (("train_inr", "widths_per_step"), 0, "train_inr.widths_per_step"),
+        (("train_inr", "recon_share"), 0.0, "train_inr.recon_share"),
         (("train_inr", "validation_samples"), 0, "train_inr.validation_samples"),
         (("permute", "objective"), "bn_folded", "permute.objective"),
         (("inr", "layout"), "per_layer", "inr.layout"),

@@ -260,6 +260,9 @@ class TrainINRParams(FitParams):
     reconstruction_lr: float = Field(1e-3, gt=0.0)
     coord_noise: float = Field(1.0, ge=0.0)
     lambda_recon: float = Field(1.0, ge=0.0)
+    recon_share: float = Field(
+        1.0, gt=0.0, le=1.0, description="share of steps (drawn per step) that add the full-width reconstruction term: a cheaper step"
+    )
     lambda_reg: float = Field(1e-4, ge=0.0)
     tensor_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of generated tensors trained per step")
     width_sampling: Literal[WIDTH_SAMPLING] = Field(  # type: ignore[valid-type]

@@ -165,6 +165,31 @@ def test_several_widths_per_step_start_at_full_width_and_distillation_adds_its_t
     assert torch.isclose(loss, logs["task"] + logs["recon"] + 1e-4 * logs["reg"] + 0.5 * logs["kd"])
 
 
+def test_recon_share_adds_the_reconstruction_term_in_that_share_of_steps(monkeypatch):
+    x, y = next(DeviceData(_blobs(16), "train", "cpu").batches(16))
+
+    def steps(share):
+        loss_fn = _loss_fn(4, (0.25, 0.5), recon_share=share)
+        calls, generate = [], loss_fn.inr.generate
+        monkeypatch.setattr(loss_fn.inr, "generate", lambda widths, **kw: calls.append(widths == loss_fn.full) or generate(widths, **kw))
+        logged, full_passes = [], []
+        for _ in range(40):
+            calls.clear()
+            _, logs = loss_fn(x, y)
+            logged.append("recon" in logs)
+            full_passes.append(sum(calls))
+        return logged, full_passes, loss_fn.generator.get_state()
+
+    every, every_passes, _ = steps(1.0)
+    assert all(every) and every_passes == [1] * 40
+    logged, full_passes, state = steps(0.25)
+    assert 3 <= sum(logged) <= 20  # about 10 of 40; a skipped step makes no full-width pass
+    assert full_passes == [int(r) for r in logged]
+    assert steps(0.25)[0] == logged and torch.equal(steps(0.25)[2], state)  # drawn from the seeded stream
+    with pytest.raises(ValueError, match="recon_share"):
+        _loss_fn(4, (0.25, 0.5), recon_share=0.0)
+
+
 def test_active_tensors_alone_are_generated_trained_and_narrowed():
     loss_fn = _loss_fn(4, (0.5, 0.5), active={"conv1.weight", "conv1.bias"})
     # Only conv1's output group morphs; the groups of the blocks not yet trained keep full width.

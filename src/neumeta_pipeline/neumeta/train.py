@@ -316,6 +316,12 @@ class NeuMetaLoss:
     others keep the reference weights, and only the channel groups the active tensors touch morph.
     ``batch_stats``: the target keeps its BatchNorm layers, which then normalise the generated
     networks with each batch's statistics (the distillation teacher keeps the pretrained ones).
+
+    ``recon_share`` < 1 adds the reconstruction term only in that share of steps, drawn per step
+    from ``generator`` (so a resumed run draws the same steps), at the same weight: its average
+    weight becomes ``lambda_recon * recon_share``. Generating every tensor at full width is a
+    whole extra INR pass per step (on LeNet the dearest part of a step), so this is the lever on
+    training cost. At 1 nothing is drawn and the random streams are those before the option.
     """
 
     inr: NeuMetaINR
@@ -334,10 +340,13 @@ class NeuMetaLoss:
     active: set[str] | None = None
     batch_stats: bool = False  # the target keeps BatchNorm: generated networks normalise with batch statistics
     kind: TaskKind = TaskKind()  # the task loss and distillation term (classification or segmentation)
+    recon_share: float = 1.0  # share of steps that add the reconstruction term
 
     def __post_init__(self) -> None:
         if self.width_sampling not in WIDTH_SAMPLING:
             raise ValueError(f"unknown width_sampling {self.width_sampling!r}; use one of {WIDTH_SAMPLING}")
+        if not 0.0 < self.recon_share <= 1.0:
+            raise ValueError(f"recon_share must be in (0, 1], got {self.recon_share}")
         self.full = self.spec.widths(0.0)
         state = self.target.state_dict()
         self.reference = {t.name: state[t.name].detach() for t in self.spec.tensors}
@@ -404,7 +413,10 @@ class NeuMetaLoss:
             if widths == self.full and full is None:
                 full = raw
         loss, logs = task, {"task": task.detach()}
-        if self.lambda_recon > 0:
+        reconstruct = self.lambda_recon > 0
+        if reconstruct and self.recon_share < 1.0:
+            reconstruct = float(torch.rand((), generator=self.generator)) < self.recon_share
+        if reconstruct:
             if full is None:
                 full = self.inr.generate(
                     self.full, noise=self.coord_noise, generator=self.generator, trained=trained, only=self.active, raw=True
