@@ -39,7 +39,7 @@ def test_notebook_runs_on_the_default_task(default_run, tmp_path, monkeypatch): 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    found = re.search(r"test accuracy at compression 0\.60: (\d\.\d+)", text)
+    found = re.search(r"test accuracy at compression 0\.70: (\d\.\d+)", text)
     assert found and 0.0 <= float(found.group(1)) <= 1.0, text
     assert "outside the trained range" in text
     assert any("image/png" in o.get("data", {}) for o in outputs), "no accuracy figure"
