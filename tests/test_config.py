@@ -69,6 +69,18 @@ def test_copying_a_predecessor_block_needs_per_tensor_mlps():
     validate_task("mnist_offline", params)
 
 
+def test_a_cached_teacher_needs_distillation_and_images_as_stored():
+    params = _params("mnist_offline")  # classification, distillation on, no augmentation
+    params["train_inr"]["teacher_cache"] = True
+    validate_task("mnist_offline", params)
+    params["train_inr"]["augment"] = "crop_flip"
+    with pytest.raises(ValueError, match="teacher_cache: train_inr.augment 'crop_flip' changes the images every step"):
+        validate_task("mnist_offline", params)
+    params["train_inr"].update(augment="none", lambda_kd=0.0)
+    with pytest.raises(ValueError, match="teacher_cache: there is no teacher with train_inr.lambda_kd 0"):
+        validate_task("mnist_offline", params)
+
+
 def test_imagefolder_tasks_take_their_augmentation_and_a_resize_no_smaller_than_the_crop():
     params = _params("imagenet_r18")
     params["train_inr"]["augment"] = "crop_flip"

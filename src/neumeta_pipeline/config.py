@@ -271,6 +271,9 @@ class TrainINRParams(FitParams):
     widths_per_step: int = Field(1, ge=1, description="width configurations per step (the first the full width when > 1)")
     lambda_kd: float = Field(0.0, ge=0.0, description="distillation from the full-width network's outputs at narrower widths")
     kd_temperature: float = Field(1.0, gt=0.0)
+    teacher_cache: bool = Field(
+        False, description="compute the distillation teacher's outputs on the training images once, not in every step"
+    )
     validation_compressions: list[float] = Field([0.0, 0.25, 0.5], min_length=1)
     validation_samples: int = Field(1, ge=1, description="K for model selection (sample.samples to select as deployed)")
     validation_noise: float = Field(0.0, ge=0.0, description="coordinate noise for model selection (sample.noise likewise)")
@@ -441,6 +444,25 @@ class TaskParams(_Section):
             raise ValueError(
                 f"export.compression {self.export.compression} is not one of sample.compressions {self.sample.compressions}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_cache(self) -> TaskParams:
+        # Outputs are cached per stored image, so every step must see the images as stored.
+        train = self.train_inr
+        if not train.teacher_cache:
+            return self
+        problem = None
+        if train.lambda_kd == 0:
+            problem = "there is no teacher with train_inr.lambda_kd 0"
+        elif self.kind != "classification":
+            problem = f"it caches class scores per image, not the outputs of a {self.kind!r} task"
+        elif self.data.source == STREAMED_SOURCE:
+            problem = f"data.source {STREAMED_SOURCE!r} streams its images from disk; only device-resident images are cached"
+        elif train.augment != "none":
+            problem = f"train_inr.augment {train.augment!r} changes the images every step; it needs augment: none"
+        if problem:
+            raise ValueError(f"train_inr.teacher_cache: {problem}; or set teacher_cache: false")
         return self
 
     @model_validator(mode="after")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from neumeta_pipeline.data import DeviceData, augment_batch
@@ -14,6 +15,21 @@ def test_an_epoch_visits_every_example_once():
     assert sorted(ys.tolist()) == list(range(10))
     assert ys.tolist() != list(range(10))  # shuffled
     assert torch.cat([y for _, y in data.batches(3)]).tolist() == list(range(10))  # in order
+
+
+def test_attached_outputs_travel_with_their_examples_in_every_order_and_shard():
+    data = DeviceData(_splits(), "train", "cpu")
+    outputs = torch.arange(10.0)[:, None] * torch.tensor([[1.0, -1.0]])  # example i's output is (i, -i)
+    attached = data.with_outputs(outputs)
+    assert data.outputs is None  # the split itself is unchanged
+    for rank in (0, 1):
+        for x, (y, out) in attached.batches(4, torch.Generator().manual_seed(1), shard=(rank, 2)):
+            torch.testing.assert_close(out, outputs[y])
+            torch.testing.assert_close(x, data.x[y])
+    with pytest.raises(ValueError, match="without augmentation, not 'crop_flip'"):
+        next(attached.batches(4, torch.Generator().manual_seed(1), "crop_flip"))
+    with pytest.raises(ValueError, match="9 outputs for a split of 10 examples"):
+        data.with_outputs(outputs[:9])
 
 
 def test_crop_flip_is_a_translated_and_maybe_mirrored_window():

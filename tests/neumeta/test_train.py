@@ -165,6 +165,26 @@ def test_several_widths_per_step_start_at_full_width_and_distillation_adds_its_t
     assert torch.isclose(loss, logs["task"] + logs["recon"] + 1e-4 * logs["reg"] + 0.5 * logs["kd"])
 
 
+def test_cached_teacher_outputs_give_the_same_step_without_the_teacher_pass():
+    x, y = next(DeviceData(_blobs(32), "train", "cpu").batches(32))
+
+    def step(target):
+        # The loss and the network's passes (teacher and generated) in one step.
+        loss_fn = _loss_fn(4, (0.25, 0.5), lambda_kd=1.0, kd_temperature=2.0)
+        outputs = loss_fn.teacher_outputs(x, batch_size=5)  # chunks of another size: an image's output is its own
+        torch.testing.assert_close(outputs, loss_fn.target(x))
+        passes = []
+        loss_fn.target.register_forward_hook(lambda *_: passes.append(1))
+        loss, logs = loss_fn(x, target(y, outputs))
+        return loss, logs["kd"], len(passes)
+
+    computed, computed_kd, computed_passes = step(lambda y, outputs: y)
+    cached, cached_kd, cached_passes = step(lambda y, outputs: (y, outputs))
+    torch.testing.assert_close(cached, computed)
+    torch.testing.assert_close(cached_kd, computed_kd)
+    assert cached_kd > 0 and cached_passes == computed_passes - 1  # no teacher pass
+
+
 def test_recon_share_adds_the_reconstruction_term_in_that_share_of_steps(monkeypatch):
     x, y = next(DeviceData(_blobs(16), "train", "cpu").batches(16))
 

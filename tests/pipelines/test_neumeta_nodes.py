@@ -133,6 +133,23 @@ def _tensors(modules):
     return frozenset(f"{m}.{kind}" for m in modules for kind in ("weight", "bias"))
 
 
+def test_a_cached_teacher_trains_as_a_teacher_pass_in_every_step_would(inputs, workdir, monkeypatch):
+    carried, call = [], NeuMetaLoss.__call__
+
+    def recording(self, x, y):
+        carried.append(isinstance(y, tuple))  # the batch brings the teacher's outputs
+        return call(self, x, y)
+
+    monkeypatch.setattr(NeuMetaLoss, "__call__", recording)
+    _, computed = train(inputs, lambda_kd=1.0, kd_temperature=2.0)
+    assert carried == [False] * 8
+    carried.clear()
+    _, cached = train(inputs, lambda_kd=1.0, kd_temperature=2.0, teacher_cache=True)
+    assert carried == [True] * 8
+    for a, b in zip(computed["epochs"], cached["epochs"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4) and a["val_score"] == pytest.approx(b["val_score"], abs=0.02)
+
+
 def test_block_wise_training_adds_the_blocks_from_input_to_output(inputs, workdir, monkeypatch):
     active, call = [], NeuMetaLoss.__call__
 

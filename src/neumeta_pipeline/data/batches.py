@@ -3,6 +3,7 @@ augmented there, so a GPU is never starved by a CPU data loader (MNIST and CIFAR
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -52,9 +53,20 @@ class DeviceData:
         self.x = (splits[f"x_{split}"].to(device).float() / 255.0 - mean) / std
         self.y = splits[f"y_{split}"].to(device)
         self.ignore_index = splits.get("ignore_index")  # label maps: what crops pad with
+        self.outputs: torch.Tensor | None = None  # see with_outputs
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def with_outputs(self, outputs: torch.Tensor) -> DeviceData:
+        """This split whose batches carry ``outputs[i]`` (a frozen network's output on example i)
+        with each label: they yield ``(x, (y, outputs))``. Only un-augmented batches can: an
+        output belongs to the image as stored, not to a crop of it."""
+        if len(outputs) != len(self):
+            raise ValueError(f"{len(outputs)} outputs for a split of {len(self)} examples")
+        data = copy.copy(self)
+        data.outputs = outputs.to(self.x.device)
+        return data
 
     def batches(
         self,
@@ -79,6 +91,8 @@ class DeviceData:
             idx = order[start : start + batch_size]
             crops = None
             if augment.name != "none" and generator is not None:
+                if self.outputs is not None:
+                    raise ValueError(f"a split with outputs attached has batches without augmentation, not {augment.name!r}")
                 crops = augmentation(len(idx), augment, generator)
             if len(idx) < world:
                 continue
@@ -89,7 +103,7 @@ class DeviceData:
                 x = apply_augmentation(x, crops, augment=augment)
                 if y.dim() == 3:  # a label map moves with its image; what the crop brings in is void
                     y = apply_augmentation(y[:, None], crops, fill=self.ignore_index, augment=augment)[:, 0]
-            yield x, y
+            yield x, (y if self.outputs is None else (y, self.outputs[idx]))
 
     def take(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples at ``indices`` of the split, in that order."""

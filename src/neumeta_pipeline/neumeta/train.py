@@ -322,6 +322,10 @@ class NeuMetaLoss:
     weight becomes ``lambda_recon * recon_share``. Generating every tensor at full width is a
     whole extra INR pass per step (on LeNet the dearest part of a step), so this is the lever on
     training cost. At 1 nothing is drawn and the random streams are those before the option.
+
+    ``y`` may come as ``(labels, teacher outputs)``: the split carries the teacher's outputs,
+    computed once by ``teacher_outputs`` (``train_inr.teacher_cache``), and the step skips the
+    teacher's forward pass (on full MNIST about a third of a step).
     """
 
     inr: NeuMetaINR
@@ -385,7 +389,13 @@ class NeuMetaLoss:
             weights.update(slice_channels(frozen, self.spec.groups, widths))
         return raw, weights
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    @torch.no_grad()
+    def teacher_outputs(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The distillation teacher's outputs on every image of ``x``, in chunks of ``batch_size``.
+        The teacher is frozen and in eval mode, so an image's output does not depend on its batch."""
+        return torch.cat([self.target(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         configurations = [self.full] * (self.widths_per_step > 1)
         configurations += [self.sample_widths() for _ in range(self.widths_per_step - len(configurations))]
         trained = None
@@ -395,7 +405,9 @@ class NeuMetaLoss:
             pick = torch.randperm(len(self.spec.tensors), generator=self.generator)[:count]
             trained = {self.spec.tensors[i].name for i in pick.tolist()}
         teacher = None
-        if self.lambda_kd > 0:
+        if isinstance(y, tuple):
+            y, teacher = y
+        if self.lambda_kd > 0 and teacher is None:
             with torch.no_grad():
                 teacher = self.target(x)
         task = kd = reg = 0.0
@@ -405,7 +417,7 @@ class NeuMetaLoss:
             with batch_statistics(self.target) if self.batch_stats else contextlib.nullcontext():
                 output = self.kind.output(lambda x, **mode: self.spec.run(self.target, widths, weights, x, **mode), x)
             task = task + self.kind.loss(output, x, y) / len(configurations)
-            if teacher is not None and widths != self.full:
+            if self.lambda_kd > 0 and widths != self.full:
                 divergence = self.kind.distill(output, teacher, self.kd_temperature)
                 kd = kd + self.kd_temperature**2 * divergence / len(configurations)
             if self.lambda_reg > 0:

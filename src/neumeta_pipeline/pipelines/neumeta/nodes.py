@@ -241,6 +241,10 @@ def _train_inr(
     )
     train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
     calibration = first_images(train, morph_p.calibration_images) if keeps_batchnorm else None
+    if train_p.teacher_cache:
+        # The teacher is frozen and the images are not augmented (checked with the parameters), so
+        # its outputs are computed once here instead of once per step.
+        train = train.with_outputs(loss.teacher_outputs(train.x, train_p.batch_size))
 
     def validate(module: NeuMetaINR) -> float:
         # Mean validation score (accuracy, mIoU) over a few seen widths (of the blocks trained so far). K = 1
