@@ -84,6 +84,8 @@ class DeviceData:
         """
         rank, world = shard
         augment = Augment.of(augment)
+        if self.outputs is not None and augment.name != "none" and generator is not None:
+            raise ValueError(f"a split with outputs attached has batches without augmentation, not {augment.name!r}")
         n = len(self)
         order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
         order = order.to(self.x.device)
@@ -91,8 +93,6 @@ class DeviceData:
             idx = order[start : start + batch_size]
             crops = None
             if augment.name != "none" and generator is not None:
-                if self.outputs is not None:
-                    raise ValueError(f"a split with outputs attached has batches without augmentation, not {augment.name!r}")
                 crops = augmentation(len(idx), augment, generator)
             if len(idx) < world:
                 continue
