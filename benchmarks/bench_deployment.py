@@ -1,0 +1,103 @@
+"""Validation and test scores of one trained INR's networks under several deployment settings.
+
+Usage: python benchmarks/bench_deployment.py --task mnist [--version V] [--settings 1:0,50:1]
+           [--compressions 0,0.25,0.5,0.75] [--threads 2] [--data data]
+
+A width is deployed as the average of K networks generated at noisy coordinates (``sample.samples``
+and ``sample.noise`` in the task's parameters). This measures what those two choices do, without
+training anything: for each ``K:noise`` setting, every width's validation and test score (the
+task's metric) from the INR checkpoint in ``data/``. Choose a setting by the validation scores at
+trained widths only; the test columns report, and the columns of untrained widths say what the
+choice does there.
+
+The INR checkpoint is the task's newest version unless ``--version`` is given; the fused network
+and the data split are the versions that INR was trained on, found by the content hashes the
+checkpoint records (so a later run of the task cannot pair it with the wrong network).
+Where BatchNorm was kept, each width's statistics are estimated on the same training images as in
+``sample_weights``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from neumeta_pipeline.data.batches import split_data  # noqa: E402
+from neumeta_pipeline.models.checkpoint import load_model  # noqa: E402
+from neumeta_pipeline.neumeta.resume import content_hash  # noqa: E402
+from neumeta_pipeline.neumeta.sample import load_inr, sample_model  # noqa: E402
+from neumeta_pipeline.neumeta.tasks import task_kind  # noqa: E402
+from neumeta_pipeline.versions import versioned_datasets  # noqa: E402
+
+
+def versions_of(data: Path, task: str, name: str) -> list[Path]:
+    """The version folders of one of ``task``'s datasets, newest first."""
+    for dataset, versions in versioned_datasets(data, task).items():
+        if dataset.name == name:
+            return versions
+    raise SystemExit(f"no versions of {name} for task {task!r} under {data}: run `kedro run --pipelines={task}` first")
+
+
+def load(version: Path) -> dict:
+    return torch.load(version / version.parent.name, weights_only=True)
+
+
+def matching(data: Path, task: str, name: str, digest: str) -> dict:
+    """The version of ``name`` whose content hash is ``digest``."""
+    for version in versions_of(data, task, name):
+        obj = load(version)
+        if content_hash(obj) == digest:
+            return obj
+    raise SystemExit(f"none of {task}'s {name} versions is the one the INR was trained on (hash {digest[:12]}); was it pruned?")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--version", help="the INR checkpoint's version (default: the newest)")
+    parser.add_argument("--settings", default="1:0,10:0.5,50:0.5,50:1,200:1,50:1.5", help="K:noise pairs, comma-separated")
+    parser.add_argument("--compressions", help="comma-separated (default: 0,0.25,0.5,0.625,0.75,0.875)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=ROOT / "data")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        settings = [(int(k), float(noise)) for k, noise in (s.split(":") for s in args.settings.split(","))]
+    except ValueError:
+        raise SystemExit(f"--settings {args.settings!r}: give K:noise pairs, e.g. 1:0,50:1") from None
+
+    checkpoints = versions_of(args.data, args.task, "inr_checkpoint.pt")
+    chosen = next((v for v in checkpoints if v.name == args.version), None) if args.version else checkpoints[0]
+    if chosen is None:
+        raise SystemExit(f"no INR checkpoint version {args.version!r}; there are: {', '.join(v.name for v in checkpoints)}")
+    checkpoint = load(chosen)
+    fused = matching(args.data, args.task, "fused_model.pt", checkpoint["trained_on"]["fused_model"])
+    splits = matching(args.data, args.task, "data_split.pt", checkpoint["trained_on"]["splits"])
+    inr, target = load_inr(checkpoint), load_model(fused)
+    kind = task_kind(splits)
+    count = checkpoint.get("calibration_images")
+    train = split_data(splits, "train", "cpu")
+    calibration = train.take(torch.arange(min(count, len(train))))[0] if count else None
+    data = {name: split_data(splits, name, "cpu") for name in ("val", "test")}
+    compressions = [float(c) for c in args.compressions.split(",")] if args.compressions else [0.0, 0.25, 0.5, 0.625, 0.75, 0.875]
+
+    print(f"{args.task}, INR {chosen.name}: {kind.metric} (%), validation / test, per compression")
+    print("| K | noise | " + " | ".join(f"{100 * c:g}%" for c in compressions) + " |")
+    print("|---|---|" + "---|" * len(compressions))
+    for samples, noise in settings:
+        cells = []
+        for gamma in compressions:
+            net = sample_model(inr, target, inr.spec.widths(gamma), samples, noise, 0, calibration)
+            val, test = (100 * kind.score(net, data[name]) for name in ("val", "test"))
+            cells.append(f"{val:.2f} / {test:.2f}")
+        print(f"| {samples} | {noise:g} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
