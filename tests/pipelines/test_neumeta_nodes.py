@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from neumeta_pipeline.data import DeviceData, make_splits
+from neumeta_pipeline.errors import UserError
 from neumeta_pipeline.models import build_model
 from neumeta_pipeline.models.checkpoint import load_model, model_checkpoint
 from neumeta_pipeline.neumeta.graph import ChannelGroup
@@ -127,6 +128,21 @@ def test_an_unreadable_resume_file_stops_the_stage_with_the_command_that_removes
 # -- block-wise training ---------------------------------------------------------------
 
 LENET_BLOCKS = ["conv1", "conv2", "fc1", "fc2"]  # top-level modules: each one a block
+
+
+def test_sampling_refuses_a_network_or_split_the_inr_was_not_trained_on(inputs, workdir):
+    fused, splits = inputs
+    checkpoint, _ = train(inputs, epochs=1)
+    sample = {"compressions": [0.5], "samples": 1}
+    assert set(nodes.sample_weights(checkpoint, fused, splits, sample)) == {"0.5"}
+    # Another run's network (another seed): same shapes, other weights.
+    torch.manual_seed(1)
+    other = model_checkpoint(build_model("lenet", width=4), ARCH, fused=True)
+    with pytest.raises(UserError, match="trained on another fused_model than those loaded.*--load-versions"):
+        nodes.sample_weights(checkpoint, other, splits, sample)
+    reshuffled = {**splits, "y_train": splits["y_train"].flip(0)}  # another split of the same images
+    with pytest.raises(UserError, match="another splits than"):
+        nodes.sample_weights(checkpoint, fused, reshuffled, sample)
 
 
 def _tensors(modules):

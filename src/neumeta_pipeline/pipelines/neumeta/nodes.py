@@ -341,6 +341,7 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
     """A standalone network per requested compression, from K-sample averaged INR weights (and,
     where BatchNorm was kept, statistics estimated on the training images the INR was scored with)."""
     params = SampleParams.model_validate(sample)
+    check_trained_on(inr_checkpoint, fused_model, splits)
     hyper = load_inr(inr_checkpoint)
     target = load_model(fused_model)
     count = inr_checkpoint.get("calibration_images")
@@ -353,6 +354,25 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
             net, fused_model["arch"], fused=fused_model.get("fused", True), widths=widths, compression=gamma, samples=params.samples
         )
     return models
+
+
+def check_trained_on(inr_checkpoint: dict, fused_model: dict, splits: dict) -> None:
+    """Refuse to sample an INR with a fused network or data split other than those it was trained
+    on. Kedro loads the newest version of each input, so after another run of the task (another
+    seed, say) a stage rerun from ``sample_weights`` would pair this INR with that run's network:
+    same shapes, silently wrong figures. Checkpoints from before ``trained_on`` are not checked."""
+    recorded = inr_checkpoint.get("trained_on")
+    if not recorded:
+        return
+    loaded = {"fused_model": fused_model, "splits": splits}
+    stale = [name for name, obj in loaded.items() if name in recorded and content_hash(obj) != recorded[name]]
+    if stale:
+        raise UserError(
+            f"the INR checkpoint was trained on another {' and '.join(stale)} than those loaded (a later run of the "
+            "task wrote newer versions). Load the versions of the run that trained it, e.g. "
+            "--load-versions '<task>.fused_model:<version>,<task>.splits:<version>' with that run's timestamp, "
+            "or train the INR again (--from-nodes=<task>.train_inr)"
+        )
 
 
 def evaluate(
