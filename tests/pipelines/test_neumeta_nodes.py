@@ -134,12 +134,16 @@ def test_sampling_refuses_a_network_or_split_the_inr_was_not_trained_on(inputs, 
     fused, splits = inputs
     checkpoint, _ = train(inputs, epochs=1)
     sample = {"compressions": [0.5], "samples": 1}
-    assert set(nodes.sample_weights(checkpoint, fused, splits, sample)) == {"0.5"}
+    sampled = nodes.sample_weights(checkpoint, fused, splits, sample)
+    assert set(sampled) == {"0.5"} and sampled["0.5"]["trained_on"] == checkpoint["trained_on"]
     # Another run's network (another seed): same shapes, other weights.
     torch.manual_seed(1)
     other = model_checkpoint(build_model("lenet", width=4), ARCH, fused=True)
-    with pytest.raises(UserError, match="trained on another fused_model than those loaded.*--load-versions"):
+    with pytest.raises(UserError, match="INR checkpoint was trained on another fused_model than those loaded.*--load-versions"):
         nodes.sample_weights(checkpoint, other, splits, sample)
+    # Evaluating the sampled networks against that run's network is refused the same way.
+    with pytest.raises(UserError, match="INR of the sampled networks was trained on another fused_model"):
+        nodes.evaluate(sampled, other, other, splits, MORPH, {}, TASK)
     reshuffled = {**splits, "y_train": splits["y_train"].flip(0)}  # another split of the same images
     with pytest.raises(UserError, match="another splits than"):
         nodes.sample_weights(checkpoint, fused, reshuffled, sample)

@@ -351,24 +351,26 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
         widths = hyper.spec.widths(gamma)
         net = sample_model(hyper, target, widths, params.samples, params.noise, params.seed, calibration)
         models[f"{gamma:g}"] = model_checkpoint(
-            net, fused_model["arch"], fused=fused_model.get("fused", True), widths=widths, compression=gamma, samples=params.samples
+            net, fused_model["arch"], fused=fused_model.get("fused", True), widths=widths, compression=gamma, samples=params.samples,
+            **({"trained_on": inr_checkpoint["trained_on"]} if inr_checkpoint.get("trained_on") else {}),
         )
     return models
 
 
-def check_trained_on(inr_checkpoint: dict, fused_model: dict, splits: dict) -> None:
-    """Refuse to sample an INR with a fused network or data split other than those it was trained
-    on. Kedro loads the newest version of each input, so after another run of the task (another
-    seed, say) a stage rerun from ``sample_weights`` would pair this INR with that run's network:
-    same shapes, silently wrong figures. Checkpoints from before ``trained_on`` are not checked."""
-    recorded = inr_checkpoint.get("trained_on")
+def check_trained_on(checkpoint: dict, fused_model: dict, splits: dict, what: str = "INR checkpoint") -> None:
+    """Refuse to use an INR (or the networks sampled from it) with a fused network or data split
+    other than those it was trained on. Kedro loads the newest version of each input, so after
+    another run of the task (another seed, say) a stage rerun from ``sample_weights`` or
+    ``evaluate`` would pair this INR with that run's network: same shapes, silently wrong figures.
+    Checkpoints from before ``trained_on`` are not checked."""
+    recorded = checkpoint.get("trained_on")
     if not recorded:
         return
     loaded = {"fused_model": fused_model, "splits": splits}
     stale = [name for name, obj in loaded.items() if name in recorded and content_hash(obj) != recorded[name]]
     if stale:
         raise UserError(
-            f"the INR checkpoint was trained on another {' and '.join(stale)} than those loaded (a later run of the "
+            f"the {what} was trained on another {' and '.join(stale)} than those loaded (a later run of the "
             "task wrote newer versions). Load the versions of the run that trained it, e.g. "
             "--load-versions '<task>.fused_model:<version>,<task>.splits:<version>' with that run's timestamp, "
             "or train the INR again (--from-nodes=<task>.train_inr)"
@@ -392,6 +394,8 @@ def evaluate(
     pretrained one, so folding BatchNorm is not counted as compression.
     """
     params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
+    # One sample_weights call made every network, so the first one's record speaks for all.
+    check_trained_on(next(iter(sampled_models.values()), {}), fused_model, splits, "INR of the sampled networks")
     low, high = morph_p.compression_range
     test = split_data(splits, "test", "cpu")
     kind = task_kind(splits, nll_samples=params.nll_samples, nll_images=params.nll_images)
