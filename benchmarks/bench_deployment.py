@@ -13,8 +13,8 @@ choice does there.
 The INR checkpoint is the task's newest version unless ``--version`` is given; the fused network
 and the data split are the versions that INR was trained on, found by the content hashes the
 checkpoint records (so a later run of the task cannot pair it with the wrong network).
-Where BatchNorm was kept, each width's statistics are estimated on the same training images as in
-``sample_weights``.
+Networks come from the pipeline's ``sample_weights`` stage (sample seed 0, BatchNorm statistics
+estimated as in a run where BatchNorm was kept).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from neumeta_pipeline.data.batches import split_data  # noqa: E402
 from neumeta_pipeline.models.checkpoint import load_model  # noqa: E402
 from neumeta_pipeline.neumeta.resume import content_hash  # noqa: E402
-from neumeta_pipeline.neumeta.sample import load_inr, sample_model  # noqa: E402
 from neumeta_pipeline.neumeta.tasks import task_kind  # noqa: E402
+from neumeta_pipeline.pipelines.neumeta.nodes import sample_weights  # noqa: E402
 from neumeta_pipeline.versions import versioned_datasets  # noqa: E402
 
 
@@ -79,11 +79,7 @@ def main() -> None:
     checkpoint = load(chosen)
     fused = matching(args.data, args.task, "fused_model.pt", checkpoint["trained_on"]["fused_model"])
     splits = matching(args.data, args.task, "data_split.pt", checkpoint["trained_on"]["splits"])
-    inr, target = load_inr(checkpoint), load_model(fused)
     kind = task_kind(splits)
-    count = checkpoint.get("calibration_images")
-    train = split_data(splits, "train", "cpu")
-    calibration = train.take(torch.arange(min(count, len(train))))[0] if count else None
     data = {name: split_data(splits, name, "cpu") for name in ("val", "test")}
     compressions = [float(c) for c in args.compressions.split(",")] if args.compressions else [0.0, 0.25, 0.5, 0.625, 0.75, 0.875]
 
@@ -91,9 +87,11 @@ def main() -> None:
     print("| K | noise | " + " | ".join(f"{100 * c:g}%" for c in compressions) + " |")
     print("|---|---|" + "---|" * len(compressions))
     for samples, noise in settings:
+        # The pipeline's own stage, so sampling and BatchNorm calibration are those of a run.
+        networks = sample_weights(checkpoint, fused, splits, {"compressions": compressions, "samples": samples, "noise": noise})
         cells = []
         for gamma in compressions:
-            net = sample_model(inr, target, inr.spec.widths(gamma), samples, noise, 0, calibration)
+            net = load_model(networks[f"{gamma:g}"])
             val, test = (100 * kind.score(net, data[name]) for name in ("val", "test"))
             cells.append(f"{val:.2f} / {test:.2f}")
         print(f"| {samples} | {noise:g} | " + " | ".join(cells) + " |", flush=True)
