@@ -1,11 +1,12 @@
 """Validation and test scores of one trained INR's networks under several deployment settings.
 
-Usage: python benchmarks/bench_deployment.py --task mnist [--version V] [--settings 1:0,50:1]
+Usage: python benchmarks/bench_deployment.py --task mnist [--version V] [--settings 1:0,50:1,50:1:1000]
            [--compressions 0,0.25,0.5,0.75] [--threads 2] [--data data]
 
 A width is deployed as the average of K networks generated at noisy coordinates (``sample.samples``
-and ``sample.noise`` in the task's parameters). This measures what those two choices do, without
-training anything: for each ``K:noise`` setting, every width's validation and test score (the
+and ``sample.noise`` in the task's parameters), optionally renormalised on N training images
+(``sample.renormalise_images``). This measures what those choices do, without training anything:
+for each ``K:noise`` or ``K:noise:N`` setting, every width's validation and test score (the
 task's metric) from the INR checkpoint in ``data/``. Choose a setting by the validation scores at
 trained widths only; the test columns report, and the columns of untrained widths say what the
 choice does there.
@@ -61,16 +62,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
     parser.add_argument("--version", help="the INR checkpoint's version (default: the newest)")
-    parser.add_argument("--settings", default="1:0,10:0.5,50:0.5,50:1,200:1,50:1.5", help="K:noise pairs, comma-separated")
+    parser.add_argument("--settings", default="1:0,10:0.5,50:0.5,50:1,200:1,50:1.5,50:1:1000",
+                        help="K:noise or K:noise:N (N renormalisation images), comma-separated")
     parser.add_argument("--compressions", help="comma-separated (default: 0,0.25,0.5,0.625,0.75,0.875)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT / "data")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
-        settings = [(int(k), float(noise)) for k, noise in (s.split(":") for s in args.settings.split(","))]
+        settings = [(int(k), float(noise), int(n[0]) if n else 0) for k, noise, *n in (s.split(":") for s in args.settings.split(","))]
     except ValueError:
-        raise SystemExit(f"--settings {args.settings!r}: give K:noise pairs, e.g. 1:0,50:1") from None
+        raise SystemExit(f"--settings {args.settings!r}: give K:noise or K:noise:N, e.g. 1:0,50:1,50:1:1000") from None
 
     checkpoints = versions_of(args.data, args.task, "inr_checkpoint.pt")
     chosen = next((v for v in checkpoints if v.name == args.version), None) if args.version else checkpoints[0]
@@ -84,17 +86,18 @@ def main() -> None:
     compressions = [float(c) for c in args.compressions.split(",")] if args.compressions else [0.0, 0.25, 0.5, 0.625, 0.75, 0.875]
 
     print(f"{args.task}, INR {chosen.name}: {kind.metric} (%), validation / test, per compression")
-    print("| K | noise | " + " | ".join(f"{100 * c:g}%" for c in compressions) + " |")
-    print("|---|---|" + "---|" * len(compressions))
-    for samples, noise in settings:
-        # The pipeline's own stage, so sampling and BatchNorm calibration are those of a run.
-        networks = sample_weights(checkpoint, fused, splits, {"compressions": compressions, "samples": samples, "noise": noise})
+    print("| K | noise | renormalised on | " + " | ".join(f"{100 * c:g}%" for c in compressions) + " |")
+    print("|---|---|---|" + "---|" * len(compressions))
+    for samples, noise, images in settings:
+        # The pipeline's own stage, so sampling, calibration and renormalisation are those of a run.
+        sample = {"compressions": compressions, "samples": samples, "noise": noise, "renormalise_images": images}
+        networks = sample_weights(checkpoint, fused, splits, sample)
         cells = []
         for gamma in compressions:
             net = load_model(networks[f"{gamma:g}"])
             val, test = (100 * kind.score(net, data[name]) for name in ("val", "test"))
             cells.append(f"{val:.2f} / {test:.2f}")
-        print(f"| {samples} | {noise:g} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {samples} | {noise:g} | {images or '-'} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neumeta_pipeline.config import validate_task
+from neumeta_pipeline.config import check_against_model, validate_task
 from neumeta_pipeline.pipeline_registry import TASKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
@@ -125,3 +125,13 @@ def test_voc_takes_an_image_size_that_the_network_and_its_padding_fit():
     refused = r"data keys \['image_size'\] only apply to source 'imagefolder' \(image_size also to 'voc' and 'celeba'\), not 'camvid'"
     with pytest.raises(ValueError, match=refused):
         validate_task("camvid", camvid)
+
+
+def test_renormalising_a_network_that_keeps_batchnorm_is_refused_before_training():
+    params = _params("cifar10_subset_full")
+    params["morph"]["batchnorm"] = "keep"
+    params["sample"]["renormalise_images"] = 256
+    with pytest.raises(ValueError, match="cifar10_subset_full.sample.renormalise_images: the network keeps BatchNorm"):
+        check_against_model("cifar10_subset_full", validate_task("cifar10_subset_full", params))
+    params["morph"]["batchnorm"] = "fold"
+    check_against_model("cifar10_subset_full", validate_task("cifar10_subset_full", params))

@@ -295,6 +295,12 @@ class SampleParams(_Section):
     samples: int = Field(50, ge=1, description="K, noisy copies averaged per coordinate")
     noise: float = Field(1.0, ge=0.0)
     seed: int = 0
+    renormalise_images: int = Field(
+        0,
+        ge=0,
+        description="training images on which each narrow network's generated channels are rescaled to the "
+        "full-width network's activation statistics (0: off, the paper's sampling)",
+    )
 
     @field_validator("compressions")
     @classmethod
@@ -496,11 +502,13 @@ def validate_task(task: str, params: dict) -> TaskParams:
 
 def check_against_model(task: str, params: TaskParams) -> None:
     """The checks that need the network but no training: its keyword arguments, the input shape,
-    the ``morph`` patterns (on the fused network the INR generates) and the similarity layer."""
+    the ``morph`` patterns (on the fused network the INR generates), the similarity layer, and whether
+    ``sample.renormalise_images`` can correct the sampled networks."""
     from .models import build_model
     from .models.checkpoint import example_input
     from .neumeta.fuse import fuse_batchnorm
     from .neumeta.morph import MorphSpec, generated_modules, shared_parameters
+    from .neumeta.sample import renormalisation_problems
 
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(f"invalid parameters for task {task!r} (conf/base/parameters_{task}.yml): {task}.{key}: {problem}")
@@ -527,6 +535,10 @@ def check_against_model(task: str, params: TaskParams) -> None:
     except ValueError as exc:  # "shared: ..." or "branch_scale: ..."
         key, _, problem = str(exc).partition(": ")
         raise fail(f"inr.{key}", problem) from None
+    if params.sample.renormalise_images:
+        problems = renormalisation_problems(net if params.morph.batchnorm == "keep" else fused, spec)
+        if problems:
+            raise fail("sample.renormalise_images", "; ".join(problems) + ": set it to 0 for this task")
     layers = [name for name, _ in net.named_modules() if name]
     if params.similarity.layer not in layers:
         raise fail("similarity.layer", f"{params.similarity.layer!r} is not a layer of {params.model.name}; layers: {', '.join(layers)}")

@@ -1,10 +1,11 @@
+import pytest
 import torch
 
 from neumeta_pipeline.models import build_model
 from neumeta_pipeline.models.checkpoint import load_model, model_checkpoint
 from neumeta_pipeline.neumeta.inr import NeuMetaINR
 from neumeta_pipeline.neumeta.morph import MorphSpec
-from neumeta_pipeline.neumeta.sample import load_inr, sample_model
+from neumeta_pipeline.neumeta.sample import load_inr, renormalise, sample_model
 
 X = torch.randn(3, 1, 28, 28)
 
@@ -100,3 +101,49 @@ def test_shared_tensors_and_branch_scales_reach_the_sampled_network_through_a_ch
     assert not net.layer3[0].conv2.weight.any() and net.layer3[1].conv2.weight.any()  # scale 0 switches the branch off
     with torch.no_grad():
         torch.testing.assert_close(net(x), spec.run(target, widths, inr.generate(widths), x))
+
+
+def _channel_stats(net, module, images):
+    """Per-output-channel mean and standard deviation of one module's output on ``images``."""
+    out = {}
+    handle = getattr(net, module).register_forward_hook(lambda _m, _i, o: out.setdefault("o", o))
+    with torch.no_grad():
+        net(images)
+    handle.remove()
+    o = out["o"]
+    o = o.transpose(0, 1).flatten(1) if o.dim() == 4 else o.T
+    return o.mean(1), o.std(1, unbiased=False)
+
+
+def test_renormalised_channels_take_the_mean_and_spread_of_the_full_channels_they_stand_for():
+    inr, target = _inr()  # LeNet width 8: conv1 8, conv2 16, fc1 32 channels
+    images = torch.randn(64, 1, 28, 28)
+    reference = sample_model(inr, target, inr.spec.full_widths, samples=2, noise=1.0, seed=0)
+    widths = inr.spec.widths(0.75)  # 2, 4 and 8 channels: each stands for 4 full ones
+    net = renormalise(sample_model(inr, target, widths, samples=2, noise=1.0, seed=0), reference, inr.spec, widths, images, batch_size=24)
+    for module in ("conv1", "conv2", "fc1", "fc2"):
+        full_mean, full_std = _channel_stats(reference, module, images)
+        mean, std = _channel_stats(net, module, images)
+        cells = len(full_mean) // len(mean)  # 4, or 1 for the logits, which do not narrow
+        torch.testing.assert_close(mean, full_mean.view(-1, cells).mean(1), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(std, full_std.view(-1, cells).mean(1), atol=1e-4, rtol=1e-4)
+
+
+def test_renormalising_the_full_width_against_itself_changes_nothing():
+    inr, target = _inr()
+    images = torch.randn(16, 1, 28, 28)
+    widths = inr.spec.full_widths
+    net = sample_model(inr, target, widths, samples=2, noise=1.0, seed=0)
+    again = renormalise(sample_model(inr, target, widths, samples=2, noise=1.0, seed=0), net, inr.spec, widths, images)
+    with torch.no_grad():
+        torch.testing.assert_close(again(X), net(X))
+
+
+def test_renormalising_refuses_kept_batchnorm_and_layers_without_a_bias():
+    from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
+
+    x = torch.randn(2, 3, 32, 32)
+    kept = build_model("resnet20").eval()
+    spec = MorphSpec(fuse_batchnorm(kept), x[:1], ["layer3.*"], ["layer3.*.conv1"])
+    with pytest.raises(ValueError, match="keeps BatchNorm.*morph.batchnorm: fold.*have no bias"):
+        renormalise(kept, kept, spec, spec.widths(0.5), x)

@@ -149,6 +149,20 @@ def test_sampling_refuses_a_network_or_split_the_inr_was_not_trained_on(inputs, 
         nodes.sample_weights(checkpoint, fused, reshuffled, sample)
 
 
+def test_renormalised_sampling_changes_the_narrow_networks_only_and_says_so(inputs, workdir):
+    fused, splits = inputs
+    checkpoint, _ = train(inputs, epochs=1)
+    sample = {"compressions": [0.0, 0.5], "samples": 2}
+    plain = nodes.sample_weights(checkpoint, fused, splits, sample)
+    renormalised = nodes.sample_weights(checkpoint, fused, splits, {**sample, "renormalise_images": 32})
+    assert plain["0"]["renormalise_images"] == 0 and renormalised["0.5"]["renormalise_images"] == 32
+    full, narrow = (
+        [torch.equal(plain[key]["state_dict"][name], renormalised[key]["state_dict"][name]) for name in plain[key]["state_dict"]]
+        for key in ("0", "0.5")
+    )
+    assert all(full) and not all(narrow)
+
+
 def _tensors(modules):
     return frozenset(f"{m}.{kind}" for m in modules for kind in ("weight", "bias"))
 

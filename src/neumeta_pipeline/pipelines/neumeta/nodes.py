@@ -46,7 +46,7 @@ from ...neumeta.morph import (
     shared_parameters,
 )
 from ...neumeta.resume import ResumeFile, content_hash
-from ...neumeta.sample import load_inr, sample_model
+from ...neumeta.sample import load_inr, renormalisation_problems, renormalise, sample_model
 from ...neumeta.tasks import METRIC_NAMES, metric_scale, metric_unit, task_kind
 from ...neumeta.train import (
     FitConfig,
@@ -339,19 +339,37 @@ def _blocks_text(blocks: list[list[str]]) -> str:
 
 def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample: dict) -> dict:
     """A standalone network per requested compression, from K-sample averaged INR weights (and,
-    where BatchNorm was kept, statistics estimated on the training images the INR was scored with)."""
+    where BatchNorm was kept, statistics estimated on the training images the INR was scored with).
+    With ``renormalise_images``, each narrow network's generated channels are then rescaled to the
+    activation statistics of the full-width network sampled the same way, on that many training
+    images."""
     params = SampleParams.model_validate(sample)
     check_trained_on(inr_checkpoint, fused_model, splits)
     hyper = load_inr(inr_checkpoint)
     target = load_model(fused_model)
+    if params.renormalise_images:
+        problems = renormalisation_problems(target, hyper.spec)
+        if problems:
+            raise UserError(f"sample.renormalise_images is {params.renormalise_images}, but " + "; ".join(problems)
+                            + ". Set sample.renormalise_images: 0 for this task.")
     count = inr_checkpoint.get("calibration_images")
-    calibration = first_images(split_data(splits, "train", "cpu"), count) if count else None
+    train = split_data(splits, "train", "cpu")
+    calibration = first_images(train, count) if count else None
+    def sampled(widths):
+        return sample_model(hyper, target, widths, params.samples, params.noise, params.seed, calibration)
+
+    reference = images = None
+    if params.renormalise_images:
+        reference, images = sampled(hyper.spec.full_widths), first_images(train, params.renormalise_images)
     models = {}
     for gamma in params.compressions:
         widths = hyper.spec.widths(gamma)
-        net = sample_model(hyper, target, widths, params.samples, params.noise, params.seed, calibration)
+        net = sampled(widths)
+        if reference is not None and widths != hyper.spec.full_widths:
+            renormalise(net, reference, hyper.spec, widths, images)
         models[f"{gamma:g}"] = model_checkpoint(
             net, fused_model["arch"], fused=fused_model.get("fused", True), widths=widths, compression=gamma, samples=params.samples,
+            renormalise_images=params.renormalise_images,
             **({"trained_on": inr_checkpoint["trained_on"]} if inr_checkpoint.get("trained_on") else {}),
         )
     return models
