@@ -39,6 +39,7 @@ def test_shipped_parameters_are_valid(task):
         (("train_inr", "validation_samples"), 0, "train_inr.validation_samples"),
         (("permute", "objective"), "bn_folded", "permute.objective"),
         (("inr", "layout"), "per_layer", "inr.layout"),
+        (("morph", "narrowing"), "last", "morph.narrowing"),
         (("inr", "layuot"), "per_kind", "inr.layuot"),  # a typo of the new key is an error too
         (("distributed",), {"nproc_per_node": 0}, "distributed.nproc_per_node"),
         (("distributed",), {"nnodes": 2}, "needs distributed.rdzv_endpoint"),

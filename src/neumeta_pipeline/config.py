@@ -222,6 +222,12 @@ class MorphParams(_Section):
     calibration_images: int = Field(
         512, ge=1, description="training images that estimate each width's BatchNorm statistics (batchnorm: keep)"
     )
+    narrowing: Literal["first", "cells"] = Field(
+        "first",
+        description="how tensors the INR does not generate (frozen, or trained directly with inr.shared) are cut to a "
+        "narrower width: their first channels (the paper), or each narrow channel the mean of the cell of full channels "
+        "its generated weights stand for (a sum along a weight's input channels)",
+    )
 
     @field_validator("compression_range")
     @classmethod
@@ -525,7 +531,7 @@ def check_against_model(task: str, params: TaskParams) -> None:
         raise fail("model.input_shape", f"{arch['input_shape']} does not fit {params.model.name}: {exc}") from None
     fused = fuse_batchnorm(net)
     try:
-        spec = MorphSpec(fused, example_input(arch), params.morph.generated, params.morph.morphable)
+        spec = MorphSpec(fused, example_input(arch), params.morph.generated, params.morph.morphable, narrowing=params.morph.narrowing)
     except ValueError as exc:  # the library's message starts with the key: "generated: ..." or "morphable: ..."
         key, _, problem = str(exc).partition(": ")
         raise fail(f"morph.{key}", problem) from None

@@ -3,7 +3,14 @@ import torch
 
 from neumeta_pipeline.models import build_model
 from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
-from neumeta_pipeline.neumeta.morph import MorphSpec, batch_statistics, batchnorm_statistics, has_batchnorm, resize
+from neumeta_pipeline.neumeta.morph import (
+    MorphSpec,
+    batch_statistics,
+    batchnorm_statistics,
+    has_batchnorm,
+    named_tensors,
+    resize,
+)
 
 X_MNIST = torch.randn(4, 1, 28, 28)
 X_CIFAR = torch.randn(4, 3, 32, 32)
@@ -62,6 +69,46 @@ def test_spec_round_trips_through_a_plain_dict():
     _, spec = lenet_spec()
     again = MorphSpec.from_dict(spec.to_dict())
     assert again.tensors == spec.tensors and again.full_widths == spec.full_widths and again.norm == spec.norm
+    assert again.narrowing == "first"
+    model = build_model("lenet", width=8).eval()
+    cells = MorphSpec.from_dict(MorphSpec(model, X_MNIST[:1], narrowing="cells").to_dict())
+    assert cells.narrowing == "cells" and cells.input_dims == {"conv1.weight": 1, "conv2.weight": 1, "fc1.weight": 1, "fc2.weight": 1}
+    old = {k: v for k, v in spec.to_dict().items() if k not in ("narrowing", "input_dims")}
+    assert MorphSpec.from_dict(old).narrowing == "first"  # saved before narrowing existed
+
+
+def test_narrowing_by_cells_keeps_the_function_of_a_network_whose_channels_come_in_equal_cells():
+    # conv -> BatchNorm -> ReLU -> conv -> BatchNorm, none of it generated (generated: the last
+    # layer only), whose 6 inner channels are 3 cells of 2 equal channels: cut to 3 channels by
+    # cells (means, and sums along the second conv's inputs) it computes what it did at full width.
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 3, 3)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(), torch.nn.Conv2d(6, 4, 1), torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5),
+    )
+    x = torch.randn(2, 3, 8, 8)
+    net(x)
+    with torch.no_grad():
+        net[0].weight.copy_(conv.weight.repeat_interleave(2, 0))
+        net[0].bias.copy_(conv.bias.repeat_interleave(2))
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(net[1], name).copy_(torch.rand(3).repeat_interleave(2) + 0.5)
+    net.eval()
+    spec = MorphSpec(net, x[:1], generated=["7"], morphable="all", narrowing="cells")
+    inner = next(g.name for g in spec.groups if any(m.tensor == "0.weight" and m.dim == 0 for m in g.members))
+    widths = {inner: 3}
+    narrow = resize(net, spec.groups, widths)
+    narrow.load_state_dict({**narrow.state_dict(), **spec.frozen_tensors(net, widths)})
+    assert narrow[0].out_channels == 3 and narrow[3].in_channels == 3
+    with torch.no_grad():
+        torch.testing.assert_close(narrow(x), net(x))
+        first = resize(net, spec.groups, widths)  # the first channels: another function
+        assert not torch.allclose(first(x), net(x), atol=1e-3)
+    # Training reaches the cut tensors through it: gradients flow back to the full-width ones.
+    tensors = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in named_tensors(net).items()}
+    spec.narrow(tensors, widths)["3.weight"].sum().backward()
+    assert tensors["3.weight"].grad.abs().min() > 0  # every full input channel counts
 
 
 # -- BatchNorm kept (morph.batchnorm: keep) ---------------------------------------------

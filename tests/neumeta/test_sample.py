@@ -147,3 +147,23 @@ def test_renormalising_refuses_kept_batchnorm_and_layers_without_a_bias():
     spec = MorphSpec(fuse_batchnorm(kept), x[:1], ["layer3.*"], ["layer3.*.conv1"])
     with pytest.raises(ValueError, match="keeps BatchNorm.*morph.batchnorm: fold.*have no bias"):
         renormalise(kept, kept, spec, spec.widths(0.5), x)
+
+
+@pytest.mark.parametrize("narrowing", ["first", "cells"])
+def test_a_sampled_network_cuts_the_tensors_the_inr_does_not_generate_as_training_does(narrowing):
+    from tests.neumeta.conftest import randomize_batchnorm
+
+    torch.manual_seed(0)
+    target = randomize_batchnorm(build_model("resnet20")).eval()  # BatchNorm kept: frozen on the inner widths
+    x = torch.randn(2, 3, 32, 32)
+    spec = MorphSpec(target, x[:1], ["layer3.*.conv*"], ["layer3.*.conv1"], narrowing=narrowing)
+    trained = NeuMetaINR(spec, num_frequencies=3, hidden=8, depth=1)
+    inr = load_inr({"spec": spec.to_dict(), "inr_config": trained.config, "state_dict": trained.state_dict()})  # as a checkpoint
+    widths = spec.widths(0.75)
+    net = sample_model(inr, target, widths, samples=1, noise=0.0, seed=0)
+    bn = net.layer3[0].bn1
+    full = target.layer3[0].bn1.bias.detach()
+    expected = full.view(widths[spec.tensors[0].out_group], -1).mean(1) if narrowing == "cells" else full[: len(bn.bias)]
+    torch.testing.assert_close(bn.bias.detach(), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), spec.run(target, widths, inr.generate(widths), x))

@@ -252,9 +252,11 @@ def test_disabled_permutation_reports_both_tvs_unchanged(resnet20):
 # -- BatchNorm kept (morph.batchnorm: keep) ----------------------------------------------
 
 
-def test_kept_batchnorm_samples_networks_with_statistics_estimated_at_their_width(resnet20, workdir):
+@pytest.mark.parametrize("narrowing", ["first", "cells"])
+def test_kept_batchnorm_samples_networks_with_statistics_estimated_at_their_width(resnet20, workdir, narrowing):
     pretrained, _ = resnet20
-    keep = {"generated": ["layer3.*.conv*"], "morphable": ["layer3.*.conv1"], "batchnorm": "keep", "calibration_images": 24}
+    keep = {"generated": ["layer3.*.conv*"], "morphable": ["layer3.*.conv1"], "batchnorm": "keep", "calibration_images": 24,
+            "narrowing": narrowing}
     kept = nodes.fuse_batchnorm(pretrained, keep)
     assert kept["fused"] is False and all(torch.equal(kept["state_dict"][k], v) for k, v in pretrained["state_dict"].items())
     rng = np.random.default_rng(0)
@@ -267,6 +269,10 @@ def test_kept_batchnorm_samples_networks_with_statistics_estimated_at_their_widt
     half = sampled["0.5"]
     net = load_model(half)  # a standalone network with BatchNorm at half the inner width of layer3
     assert net.layer3[0].bn1.num_features == 32 and not half["fused"]
+    # The BatchNorm the INR does not generate is cut as it was in training: its first channels, or each
+    # narrow channel the mean of the two full ones it stands for.
+    scale = pretrained["state_dict"]["layer3.0.bn1.weight"]
+    torch.testing.assert_close(net.layer3[0].bn1.weight.detach(), scale[:32] if narrowing == "first" else scale.view(32, 2).mean(1))
     # Its statistics are those of the first calibration images through its own weights, as the
     # validation during training estimates them.
     images = DeviceData(splits, "train", torch.device("cpu")).x[:24]

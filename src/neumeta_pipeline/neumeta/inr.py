@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .coords import add_noise, normalise, raw_coordinates
-from .morph import MorphSpec, TensorSpec, slice_channels
+from .morph import MorphSpec, TensorSpec
 
 LAYOUTS = ("per_tensor", "per_kind")
 NOISE_SCALINGS = ("width", "fixed")
@@ -223,7 +223,7 @@ class NeuMetaINR(nn.Module):
                 if name in out:
                     out[name] = out[name] * self.branch_scales[k]
         if self.shared_names:
-            out.update(slice_channels(dict(zip(self.shared_names, self.shared)), self.spec.groups, widths))
+            out.update(self.spec.narrow(dict(zip(self.shared_names, self.shared)), widths))
         return out
 
     def copy_block(self, source: list[str], target: list[str]) -> list[str]:

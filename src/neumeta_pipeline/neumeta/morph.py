@@ -24,6 +24,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .graph import ChannelGroup, channel_groups, channel_index
 
 GENERATABLE = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+# How tensors the INR does not generate are cut to a narrower width: their first channels (the
+# paper's), or the mean of each cell of full channels that a generated narrow channel stands for.
+NARROWINGS = ("first", "cells")
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,17 @@ class MorphSpec:
         generated: str | list[str] = "all",
         morphable: str | list[str] = "all",
         groups: list[ChannelGroup] | None = None,
+        narrowing: str = "first",
     ) -> None:
+        if narrowing not in NARROWINGS:
+            raise ValueError(f"narrowing: unknown {narrowing!r}; choose from {NARROWINGS}")
         self.groups = groups if groups is not None else channel_groups(model, example_input)
+        self.narrowing = narrowing
         modules = dict(model.named_modules())
+        # The input dimension of every convolution's and linear layer's weight, generated or not:
+        # narrowing by cells sums a weight over a cell along it and averages along any other.
+        self.input_dims = {f"{name}.weight": 0 if isinstance(m, nn.ConvTranspose2d) else 1
+                           for name, m in modules.items() if isinstance(m, GENERATABLE)}
         candidates = [name for name, m in modules.items() if isinstance(m, GENERATABLE)]
         gen_modules = _select(candidates, generated, "generated", "conv/linear modules")
         for name in gen_modules:
@@ -148,7 +159,14 @@ class MorphSpec:
         """Parameters and buffers that are not generated, sliced to ``widths`` where they touch a
         morphable group (e.g. a frozen consumer of a generated layer's channels)."""
         generated = {t.name for t in self.tensors}
-        return slice_channels({k: v for k, v in named_tensors(model).items() if k not in generated}, self.groups, widths)
+        return self.narrow({k: v for k, v in named_tensors(model).items() if k not in generated}, widths)
+
+    def narrow(self, tensors: dict[str, torch.Tensor], widths: dict[str, int]) -> dict[str, torch.Tensor]:
+        """``tensors`` that are not generated (frozen or directly trained) cut to ``widths`` the way
+        this spec narrows: the first channels of each group, or its cells (``pool_channels``)."""
+        if self.narrowing == "first":
+            return slice_channels(tensors, self.groups, widths)
+        return pool_channels(tensors, self.groups, widths, self.input_dims)
 
     def run(self, model: nn.Module, widths: dict[str, int], weights: dict[str, torch.Tensor], x: torch.Tensor, **kwargs):
         """Forward ``x`` through ``model`` at ``widths`` with the generated ``weights`` (no in-place writes);
@@ -164,6 +182,8 @@ class MorphSpec:
             "norm": self.norm,
             "groups": [g.to_dict() for g in self.groups],
             "generated_modules": list(self.generated_modules),
+            "narrowing": self.narrowing,
+            "input_dims": dict(self.input_dims),
         }
 
     @classmethod
@@ -176,6 +196,9 @@ class MorphSpec:
         spec.norm = int(data["norm"])
         spec.groups = [ChannelGroup.from_dict(g) for g in data["groups"]]
         spec.generated_modules = list(data["generated_modules"])
+        # Specs saved before narrowing existed cut every group to its first channels.
+        spec.narrowing = data.get("narrowing", "first")
+        spec.input_dims = {k: int(v) for k, v in data.get("input_dims", {}).items()}
         return spec
 
 
@@ -245,6 +268,36 @@ def slice_channels(
             if member.tensor in out:
                 t = out[member.tensor]
                 out[member.tensor] = t.index_select(member.dim, channel_index(member, keep).to(t.device))
+    return out
+
+
+def pool_channels(
+    tensors: dict[str, torch.Tensor], groups: list[ChannelGroup], widths: dict[str, int], input_dims: dict[str, int]
+) -> dict[str, torch.Tensor]:
+    """``tensors`` with each named group cut to ``widths[g]`` channels by cells: narrow channel k
+    stands for the full channels whose centres fall in ``[k / n, (k + 1) / n)``, the cell the INR's
+    centred coordinates give it. A tensor takes the mean of the cell's channels, except along a
+    weight's input dimension (``input_dims``), where it takes their sum: the layer then reads one
+    channel carrying the cell's mean activation in place of each of them. A network whose channels
+    come in identical cells computes the same function narrowed this way. Differentiable, like
+    ``slice_channels``."""
+    out = dict(tensors)
+    for group, width in groups_to_narrow(groups, widths):
+        cell = ((torch.arange(group.size, dtype=torch.float64) + 0.5) * width / group.size).floor().long()
+        total = torch.zeros(width, group.size)
+        total[cell, torch.arange(group.size)] = 1.0
+        mean = total / total.sum(1, keepdim=True)
+        for member in group.members:
+            if member.tensor not in out:
+                continue
+            t, dim, span = out[member.tensor], member.dim, group.size * member.block
+            segment = t.narrow(dim, member.start, span).movedim(dim, 0)
+            pool = (total if input_dims.get(member.tensor) == dim else mean).to(device=t.device, dtype=t.dtype)
+            pooled = torch.einsum("kf,fbr->kbr", pool, segment.reshape(group.size, member.block, -1))
+            pooled = pooled.reshape(width * member.block, *segment.shape[1:]).movedim(0, dim)
+            before = t.narrow(dim, 0, member.start)
+            after = t.narrow(dim, member.start + span, t.shape[dim] - member.start - span)
+            out[member.tensor] = torch.cat([before, pooled, after], dim=dim)
     return out
 
 

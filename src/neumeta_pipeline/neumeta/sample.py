@@ -27,7 +27,8 @@ def sample_model(
     generator = torch.Generator().manual_seed(seed)
     weights = inr.generate(widths, noise=noise if samples > 1 else 0.0, samples=samples, generator=generator)
     model = resize(target, inr.spec.groups, widths)
-    state = model.state_dict()
+    # resize keeps the first channels; the tensors the INR does not generate are cut as in training.
+    state = {**model.state_dict(), **inr.spec.frozen_tensors(target, widths)}
     for name, value in weights.items():
         if state[name].shape != value.shape:
             raise RuntimeError(f"generated {name} has shape {tuple(value.shape)}, the network expects {tuple(state[name].shape)}")

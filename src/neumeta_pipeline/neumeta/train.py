@@ -26,7 +26,7 @@ from ..data.batches import Augment
 from ..errors import UserError
 from .distributed import rank_and_world
 from .inr import NeuMetaINR
-from .morph import MorphSpec, batch_statistics, slice_channels
+from .morph import MorphSpec, batch_statistics
 from .resume import ResumeFile
 from .tasks import TaskKind
 
@@ -386,7 +386,7 @@ class NeuMetaLoss:
         weights = inr.complete(widths, raw)
         if self.active is not None:
             frozen = {name: ref for name, ref in self.reference.items() if name not in self.active}
-            weights.update(slice_channels(frozen, self.spec.groups, widths))
+            weights.update(self.spec.narrow(frozen, widths))
         return raw, weights
 
     @torch.no_grad()

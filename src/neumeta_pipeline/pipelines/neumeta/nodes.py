@@ -218,7 +218,7 @@ def _train_inr(
     target = load_model(fused_model).to(dev)
     for p in target.parameters():
         p.requires_grad_(False)
-    spec = MorphSpec(target, example_input(fused_model["arch"]).to(dev), morph_p.generated, morph_p.morphable)
+    spec = MorphSpec(target, example_input(fused_model["arch"]).to(dev), morph_p.generated, morph_p.morphable, narrowing=morph_p.narrowing)
     options = {
         **inr_p.model_dump(),
         "shared": shared_parameters(target, spec, inr_p.shared),
