@@ -18,6 +18,7 @@ from neumeta_pipeline.neumeta.graph import ChannelGroup
 from neumeta_pipeline.neumeta.permute import total_variation
 from neumeta_pipeline.neumeta.resume import ResumeFileError, RunConflictError
 from neumeta_pipeline.neumeta.train import NeuMetaLoss
+from neumeta_pipeline.pipelines.compare import nodes as compare_nodes
 from neumeta_pipeline.pipelines.neumeta import nodes
 from tests.conftest import _digit_images
 from tests.neumeta.conftest import randomize_batchnorm, relative_error
@@ -130,7 +131,7 @@ def test_an_unreadable_resume_file_stops_the_stage_with_the_command_that_removes
 LENET_BLOCKS = ["conv1", "conv2", "fc1", "fc2"]  # top-level modules: each one a block
 
 
-def test_sampling_refuses_a_network_or_split_the_inr_was_not_trained_on(inputs, workdir):
+def test_stages_after_training_refuse_a_network_or_split_the_inr_was_not_trained_on(inputs, workdir):
     fused, splits = inputs
     checkpoint, _ = train(inputs, epochs=1)
     sample = {"compressions": [0.5], "samples": 1}
@@ -147,6 +148,11 @@ def test_sampling_refuses_a_network_or_split_the_inr_was_not_trained_on(inputs, 
     reshuffled = {**splits, "y_train": splits["y_train"].flip(0)}  # another split of the same images
     with pytest.raises(UserError, match="another splits than"):
         nodes.sample_weights(checkpoint, fused, reshuffled, sample)
+    # The comparison's reports too: its similarity study reads the test images of the split.
+    with pytest.raises(UserError, match="INR of the sampled networks was trained on another splits"):
+        compare_nodes.analyse_similarity(sampled, {}, {}, reshuffled, {}, {"layer": "fc1"}, TASK)
+    with pytest.raises(UserError, match="INR checkpoint was trained on another fused_model"):
+        compare_nodes.compare_methods(None, [], {"reconstruction_seconds": 0.0, "device": "cpu"}, checkpoint, other, task=TASK)
 
 
 def test_renormalised_sampling_changes_the_narrow_networks_only_and_says_so(inputs, workdir):

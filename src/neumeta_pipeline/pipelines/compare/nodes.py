@@ -33,7 +33,7 @@ from ...neumeta.resume import content_hash
 from ...neumeta.train import task_objective, device_label, fit, resolve_device, seed_everything
 from ...neumeta.tasks import METRIC_NAMES, METRIC_SHORT, metric_scale, metric_unit, table_metric, task_kind
 from ..neumeta.nodes import (
-    check_labels, first_images, fit_config, pretrain_recipe, result_row, resume_file, run_distributed, table_scores,
+    check_labels, check_trained_on, first_images, fit_config, pretrain_recipe, result_row, resume_file, run_distributed, table_scores,
 )
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,7 @@ def compare_methods(
             "the latest inr_history does not record its device and warm-start time (it predates cost reporting); "
             "rerun the INR stage: kedro run --pipelines=<task> --from-nodes=<task>.train_inr"
         )
+    check_trained_on(inr_checkpoint, fused_model, None)
     pretrain_seconds = sum(e["seconds"] for e in pretrain_history)
     inr_seconds = inr_history["reconstruction_seconds"] + sum(e["seconds"] for e in inr_history["epochs"])
     # Tensors the INR holds (generated, or trained directly and shared) are not stored twice.
@@ -262,6 +263,8 @@ def analyse_similarity(
     its teacher). For a generation task the output divergence is the squared distance between the
     reconstructions (``TaskKind.divergence``); the columns keep their names."""
     params, sim = BaselineParams.model_validate(baselines), SimilarityParams.model_validate(similarity)
+    # Test images of another split may be the INR's training images.
+    check_trained_on(next(iter(sampled_models.values()), {}), None, splits, "INR of the sampled networks")
     images = first_images(split_data(splits, "test", "cpu"), sim.images)
     keys = [f"{g:g}" for g in params.compressions]
     families = {"neumeta": sampled_models, "individual": individual_models["individual"], "distilled": distilled_models["distilled"]}

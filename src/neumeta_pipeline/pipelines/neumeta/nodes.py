@@ -375,16 +375,16 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
     return models
 
 
-def check_trained_on(checkpoint: dict, fused_model: dict, splits: dict, what: str = "INR checkpoint") -> None:
+def check_trained_on(checkpoint: dict, fused_model: dict | None, splits: dict | None, what: str = "INR checkpoint") -> None:
     """Refuse to use an INR (or the networks sampled from it) with a fused network or data split
-    other than those it was trained on. Kedro loads the newest version of each input, so after
-    another run of the task (another seed, say) a stage rerun from ``sample_weights`` or
-    ``evaluate`` would pair this INR with that run's network: same shapes, silently wrong figures.
-    Checkpoints from before ``trained_on`` are not checked."""
+    other than those it was trained on (None: a stage that does not read it). Kedro loads the
+    newest version of each input, so after another run of the task (another seed, say) a stage
+    rerun from ``sample_weights`` or ``evaluate`` would pair this INR with that run's network: same
+    shapes, silently wrong figures. Checkpoints from before ``trained_on`` are not checked."""
     recorded = checkpoint.get("trained_on")
     if not recorded:
         return
-    loaded = {"fused_model": fused_model, "splits": splits}
+    loaded = {name: obj for name, obj in (("fused_model", fused_model), ("splits", splits)) if obj is not None}
     stale = [name for name, obj in loaded.items() if name in recorded and content_hash(obj) != recorded[name]]
     if stale:
         raise UserError(
