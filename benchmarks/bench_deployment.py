@@ -62,8 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
     parser.add_argument("--version", help="the INR checkpoint's version (default: the newest)")
-    parser.add_argument("--settings", default="1:0,10:0.5,50:0.5,50:1,200:1,50:1.5,50:1:1000",
-                        help="K:noise or K:noise:N (N renormalisation images), comma-separated")
+    parser.add_argument("--settings", default="1:0,10:0.5,50:0.5,50:1,200:1,50:1.5",
+                        help="K:noise or K:noise:N (N renormalisation images; BN-folded networks only), comma-separated")
     parser.add_argument("--compressions", help="comma-separated (default: 0,0.25,0.5,0.625,0.75,0.875)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT / "data")
