@@ -79,11 +79,10 @@ class MorphSpec:
         self.groups = groups if groups is not None else channel_groups(model, example_input)
         self.narrowing = narrowing
         modules = dict(model.named_modules())
+        candidates = [name for name, m in modules.items() if isinstance(m, GENERATABLE)]
         # The input dimension of every convolution's and linear layer's weight, generated or not:
         # narrowing by cells sums a weight over a cell along it and averages along any other.
-        self.input_dims = {f"{name}.weight": 0 if isinstance(m, nn.ConvTranspose2d) else 1
-                           for name, m in modules.items() if isinstance(m, GENERATABLE)}
-        candidates = [name for name, m in modules.items() if isinstance(m, GENERATABLE)]
+        self.input_dims = {f"{name}.weight": 0 if isinstance(modules[name], nn.ConvTranspose2d) else 1 for name in candidates}
         gen_modules = _select(candidates, generated, "generated", "conv/linear modules")
         for name in gen_modules:
             if getattr(modules[name], "groups", 1) != 1:
@@ -271,6 +270,16 @@ def slice_channels(
     return out
 
 
+def cells(full: int, width: int) -> torch.Tensor:
+    """(width, full) 0/1 matrix: row k marks the full channels whose centres fall in narrow channel
+    k's cell ``[k / width, (k + 1) / width)``, the channels its centred coordinate stands for. Every
+    cell holds at least one channel when ``width <= full``."""
+    cell = ((torch.arange(full, dtype=torch.float64) + 0.5) * width / full).floor().long()
+    matrix = torch.zeros(width, full)
+    matrix[cell, torch.arange(full)] = 1.0
+    return matrix
+
+
 def pool_channels(
     tensors: dict[str, torch.Tensor], groups: list[ChannelGroup], widths: dict[str, int], input_dims: dict[str, int]
 ) -> dict[str, torch.Tensor]:
@@ -283,9 +292,7 @@ def pool_channels(
     ``slice_channels``."""
     out = dict(tensors)
     for group, width in groups_to_narrow(groups, widths):
-        cell = ((torch.arange(group.size, dtype=torch.float64) + 0.5) * width / group.size).floor().long()
-        total = torch.zeros(width, group.size)
-        total[cell, torch.arange(group.size)] = 1.0
+        total = cells(group.size, width)
         mean = total / total.sum(1, keepdim=True)
         for member in group.members:
             if member.tensor not in out:

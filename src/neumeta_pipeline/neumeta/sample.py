@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .inr import NeuMetaINR
-from .morph import MorphSpec, batchnorm_statistics, has_batchnorm, resize
+from .morph import MorphSpec, batchnorm_statistics, cells, has_batchnorm, resize
 
 
 @torch.no_grad()
@@ -139,9 +139,8 @@ def renormalise(
     pre-activations, and the shrinkage compounds through the layers, most at widths far from
     those trained. The correction is the affine map ``a * (y - mean) + target_mean`` with
     ``a = target_std / std``, folded into the module's weight and bias, so the network keeps its
-    architecture. Narrow channel k stands for the full channels whose centres lie in
-    ``[k / C, (k + 1) / C)``, the cell the INR's coordinates give it; an output that does not
-    narrow (the logits) is matched channel by channel.
+    architecture. Narrow channel k stands for the full channels of its cell (``morph.cells``); an
+    output that does not narrow (the logits) is matched channel by channel.
     """
     problems = renormalisation_problems(model, spec)
     if problems:
@@ -154,11 +153,9 @@ def renormalise(
         module = named[name]
         mean, std = _output_statistics(model, [name], images, batch_size, stop=True)[0][name]
         full_mean, full_std = targets[name]
-        narrow, full = len(mean), len(full_mean)
-        cell = ((torch.arange(full, dtype=torch.float64) + 0.5) * narrow / full).floor().long()
-        count = torch.zeros(narrow, dtype=torch.float64).index_add_(0, cell, torch.ones(full, dtype=torch.float64))
-        target_mean = torch.zeros(narrow, dtype=torch.float64).index_add_(0, cell, full_mean) / count
-        target_std = torch.zeros(narrow, dtype=torch.float64).index_add_(0, cell, full_std) / count
+        average = cells(len(full_mean), len(mean)).double()
+        average /= average.sum(1, keepdim=True)
+        target_mean, target_std = average @ full_mean, average @ full_std
         # A channel that is constant on the images (a dead unit) has no spread to rescale: shift it only.
         alive = std > 1e-6 * target_std.clamp_min(1e-12)
         scale = torch.where(alive, target_std / std.clamp_min(1e-30), torch.ones_like(std))

@@ -355,18 +355,23 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
     count = inr_checkpoint.get("calibration_images")
     train = split_data(splits, "train", "cpu")
     calibration = first_images(train, count) if count else None
+
     def sampled(widths):
         return sample_model(hyper, target, widths, params.samples, params.noise, params.seed, calibration)
 
-    reference = images = None
-    if params.renormalise_images:
-        reference, images = sampled(hyper.spec.full_widths), first_images(train, params.renormalise_images)
+    full = hyper.spec.full_widths
+    # The full-width network is the renormalisation's reference, sampled once and never changed.
+    reference = sampled(full) if params.renormalise_images else None
+    images = first_images(train, params.renormalise_images) if reference is not None else None
     models = {}
     for gamma in params.compressions:
         widths = hyper.spec.widths(gamma)
-        net = sampled(widths)
-        if reference is not None and widths != hyper.spec.full_widths:
-            renormalise(net, reference, hyper.spec, widths, images)
+        if reference is not None and widths == full:
+            net = reference
+        else:
+            net = sampled(widths)
+            if reference is not None:
+                renormalise(net, reference, hyper.spec, widths, images)
         models[f"{gamma:g}"] = model_checkpoint(
             net, fused_model["arch"], fused=fused_model.get("fused", True), widths=widths, compression=gamma, samples=params.samples,
             renormalise_images=params.renormalise_images,
