@@ -23,6 +23,7 @@ from ...baselines.pruning import NEEDS_GRADIENTS, prune_channels
 from ...baselines.slimmable import SlimmableNetwork, slimmable_objective
 from ...config import BaselineParams, EvaluateParams, FitParams, ModelParams, MorphParams, SimilarityParams
 from ...data import split_data
+from ...errors import UserError
 from ...models import build_model, load_encoder_weights
 from ...models.checkpoint import example_input, load_model, model_checkpoint
 from ...neumeta.fuse import fuse_batchnorm
@@ -63,7 +64,7 @@ def _train_individual(
         with resume_file(recipe, task, f"individual_{gamma:g}", seed, dev, settings, inputs) as resume:
             objective = task_objective(net, task_kind(splits))
             result = _fit_network(net, objective, splits, dev, recipe, generator, f"individual {gamma:g}", resume)
-        models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
+        models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True, trained_on=inputs)
         runs[f"{gamma:g}"] = result.history
         log.info("individual %g: validation score %.4f", gamma, result.best_score)
     return {"individual": models}, _history(dev, "individual", runs, sum(_parameters(m["state_dict"]) for m in models.values()))
@@ -96,15 +97,16 @@ def _train_slimmable(
     def validate(module: SlimmableNetwork) -> float:
         return sum(kind.score(lambda x, i=i, **mode: module(x, i, **mode), val) for i in range(len(trained))) / len(trained)
 
-    recipe = pretrain_recipe(pretrain)
-    with resume_file(recipe, task, "slimmable", seed, dev, {"model": arch, "widths": trained}, {"splits": content_hash(splits)}) as resume:
+    recipe, inputs = pretrain_recipe(pretrain), {"splits": content_hash(splits)}
+    with resume_file(recipe, task, "slimmable", seed, dev, {"model": arch, "widths": trained}, inputs) as resume:
         result = fit(net, slimmable_objective(net, kind), split_data(splits, "train", dev), validate, fit_config(recipe), generator,
                      "slimmable", resume)
     log.info("slimmable: mean validation score over trained widths %.4f", result.best_score)
     best = result.best.cpu()
     models = {
         f"{gamma:g}": model_checkpoint(
-            best.extract(w), arch, widths=w, compression=gamma, seen_in_training=gamma in params.slimmable_compressions
+            best.extract(w), arch, widths=w, compression=gamma, seen_in_training=gamma in params.slimmable_compressions,
+            trained_on=inputs,
         )
         for gamma, w in widths.items()
     }
@@ -123,6 +125,7 @@ def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baseline
     train = split_data(splits, "train", "cpu")
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: params.calibration_images]
     images, labels = train.take(pick)
+    inputs = {"pretrained_model": content_hash(pretrained_model), "splits": content_hash(splits)}
     models, seconds = {}, {}
     for importance in params.pruning_importances:
         start = time.perf_counter()
@@ -131,7 +134,9 @@ def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baseline
         for gamma, w in widths.items():
             pruned = prune_channels(net, groups, w, importance, images, labels if importance in NEEDS_GRADIENTS else None, seed,
                                     task_kind(splits))
-            models[method][f"{gamma:g}"] = model_checkpoint(pruned, arch, widths=w, compression=gamma, seen_in_training=False)
+            models[method][f"{gamma:g}"] = model_checkpoint(
+                pruned, arch, widths=w, compression=gamma, seen_in_training=False, trained_on=inputs
+            )
         seconds[method] = time.perf_counter() - start
     stored = {method: _parameters(pretrained_model["state_dict"]) for method in models}
     return models, {"device": device_label(torch.device("cpu")), "seconds": seconds, "stored_parameters": stored}
@@ -161,7 +166,7 @@ def _train_distilled(
     models, runs = {}, {}
     for gamma, w in widths.items():
         if gamma == 0.0:
-            models["0"] = {**pretrained_model, "compression": 0.0, "seen_in_training": True}
+            models["0"] = {**pretrained_model, "compression": 0.0, "seen_in_training": True, "trained_on": inputs}
             continue
         generator = seed_everything(seed)
         student = fresh_at_widths(arch, w).to(dev)
@@ -169,7 +174,7 @@ def _train_distilled(
         settings = {"widths": w, "temperature": params.distill_temperature, "alpha": params.distill_alpha}
         with resume_file(recipe, task, f"distilled_{gamma:g}", seed, dev, settings, inputs) as resume:
             result = _fit_network(student, objective, splits, dev, recipe, generator, f"distilled {gamma:g}", resume)
-        models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True)
+        models[f"{gamma:g}"] = model_checkpoint(result.best, arch, widths=w, compression=gamma, seen_in_training=True, trained_on=inputs)
         runs[f"{gamma:g}"] = result.history
         log.info("distilled %g: validation score %.4f", gamma, result.best_score)
     return {"distilled": models}, _history(dev, "distilled", runs, sum(_parameters(m["state_dict"]) for m in models.values()))
@@ -187,12 +192,14 @@ def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, ev
     rows = []
     for method, by_width in models.items():
         seconds = history["seconds"][method]
-        for checkpoint in by_width.values():
+        for key, checkpoint in by_width.items():
+            # Test images of another split may be this network's training images.
+            check_trained_on(checkpoint, f"{_label(method)} network at {100 * float(key):g}%", _rerun(task, method), splits=splits)
             net = load_model(checkpoint)
             row = result_row(
                 task, method, float(checkpoint["compression"]), checkpoint["seen_in_training"], checkpoint["widths"],
                 table_scores(kind, net, test, params.batch_size, splits), *count_params_and_macs(fuse_batchnorm(net), x0),
-                base_params, base_macs,
+                base_params, base_macs, splits,
             )
             rows.append({**row, "train_seconds": seconds, "device": history["device"], "stored_parameters": history["stored_parameters"][method]})
     return pd.DataFrame(rows)
@@ -218,7 +225,7 @@ def compare_methods(
             "the latest inr_history does not record its device and warm-start time (it predates cost reporting); "
             "rerun the INR stage: kedro run --pipelines=<task> --from-nodes=<task>.train_inr"
         )
-    check_trained_on(inr_checkpoint, fused_model, None)
+    check_trained_on(inr_checkpoint, fused_model=fused_model)
     pretrain_seconds = sum(e["seconds"] for e in pretrain_history)
     inr_seconds = inr_history["reconstruction_seconds"] + sum(e["seconds"] for e in inr_history["epochs"])
     # Tensors the INR holds (generated, or trained directly and shared) are not stored twice.
@@ -229,6 +236,7 @@ def compare_methods(
         device=inr_history["device"],
         stored_parameters=inr_checkpoint["inr_parameters"] + _parameters(frozen),
     )
+    _check_one_split([ours, *baseline_tables], task)
     rows = [ours]
     for table in baseline_tables:
         builds_on_pretrained = table.method.str.startswith("pruning_") | (table.method == "distilled")
@@ -264,10 +272,13 @@ def analyse_similarity(
     reconstructions (``TaskKind.divergence``); the columns keep their names."""
     params, sim = BaselineParams.model_validate(baselines), SimilarityParams.model_validate(similarity)
     # Test images of another split may be the INR's training images.
-    check_trained_on(next(iter(sampled_models.values()), {}), None, splits, "INR of the sampled networks")
+    check_trained_on(next(iter(sampled_models.values()), {}), "INR of the sampled networks", splits=splits)
     images = first_images(split_data(splits, "test", "cpu"), sim.images)
     keys = [f"{g:g}" for g in params.compressions]
     families = {"neumeta": sampled_models, "individual": individual_models["individual"], "distilled": distilled_models["distilled"]}
+    for family in ("individual", "distilled"):
+        for key, checkpoint in families[family].items():
+            check_trained_on(checkpoint, f"{_label(family)} network at {100 * float(key):g}%", _rerun(task, family), splits=splits)
     rows, kl, kind = [], {}, task_kind(splits)
     for family, models in families.items():
         outputs = {k: features_and_logits(load_model(models[k]), sim.layer, images) for k in keys}
@@ -283,6 +294,24 @@ def analyse_similarity(
             })
     table = pd.DataFrame(rows)
     return table, _similarity_plotly(table, kl, keys, task), _similarity_png(table, kl, keys, task)
+
+
+def _check_one_split(tables: list[pd.DataFrame], task: str) -> None:
+    """Refuse to compare methods scored on different data splits: after a run with another seed or
+    data settings, the newest table of one method may come from that run and another's from an
+    earlier one. Tables written before rows recorded their split are not checked."""
+    by_split: dict[str, list[str]] = {}
+    for table in tables:
+        if "split" in table:
+            for (split, method), _ in table.groupby(["split", "method"], sort=False):
+                by_split.setdefault(split, []).append(_label(method))
+    if len(by_split) > 1:
+        described = "; ".join(f"{', '.join(methods)} on split {split}" for split, methods in by_split.items())
+        raise UserError(
+            f"the methods to compare were scored on different data splits ({described}): their tables come from "
+            f"different runs (another seed or data settings). Rerun the stale methods on the current split "
+            f"(kedro run --pipelines={task}_compare), or load one run's tables with --load-versions"
+        )
 
 
 def _setup(model: dict, morph: dict, baselines: dict, device: str):
@@ -316,6 +345,16 @@ def _parameters(state_dict: dict) -> int:
 
 
 _NAMES = {"neumeta": "NeuMeta", "individual": "individually trained", "slimmable": "Slimmable", "distilled": "distilled (KD)"}
+
+
+_TRAINED_BY = {"individual": "train_individual", "slimmable": "train_slimmable", "distilled": "train_distilled"}
+
+
+def _rerun(task: str, method: str) -> str:
+    """How to rebuild ``method``'s networks (and its table) on the inputs loaded now."""
+    baseline = "pruning" if method.startswith("pruning_") else method
+    builder = _TRAINED_BY.get(baseline, "prune_pretrained")
+    return f"build them again: kedro run --pipelines={task}_compare --nodes={task}.{builder},{task}.evaluate_{baseline}"
 
 
 def _label(method: str) -> str:

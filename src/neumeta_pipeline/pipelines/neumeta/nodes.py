@@ -344,7 +344,7 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
     activation statistics of the full-width network sampled the same way, on that many training
     images."""
     params = SampleParams.model_validate(sample)
-    check_trained_on(inr_checkpoint, fused_model, splits)
+    check_trained_on(inr_checkpoint, fused_model=fused_model, splits=splits)
     hyper = load_inr(inr_checkpoint)
     target = load_model(fused_model)
     if params.renormalise_images:
@@ -380,23 +380,27 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
     return models
 
 
-def check_trained_on(checkpoint: dict, fused_model: dict | None, splits: dict | None, what: str = "INR checkpoint") -> None:
-    """Refuse to use an INR (or the networks sampled from it) with a fused network or data split
-    other than those it was trained on (None: a stage that does not read it). Kedro loads the
+def check_trained_on(
+    checkpoint: dict, what: str = "INR checkpoint", rerun: str = "train the INR again (--from-nodes=<task>.train_inr)",
+    **loaded: dict | None,
+) -> None:
+    """Refuse to use a trained model (an INR, the networks sampled from it, a baseline's network)
+    with inputs other than those it was trained on: ``loaded`` names each input this stage read
+    (``fused_model=...``, ``splits=...``; None: a stage that does not read it). Kedro loads the
     newest version of each input, so after another run of the task (another seed, say) a stage
-    rerun from ``sample_weights`` or ``evaluate`` would pair this INR with that run's network: same
-    shapes, silently wrong figures. Checkpoints from before ``trained_on`` are not checked."""
+    rerun on its own would pair this model with that run's network or split: same shapes,
+    silently wrong figures, or test images the model was trained on. Checkpoints from before
+    ``trained_on`` are not checked."""
     recorded = checkpoint.get("trained_on")
     if not recorded:
         return
-    loaded = {name: obj for name, obj in (("fused_model", fused_model), ("splits", splits)) if obj is not None}
-    stale = [name for name, obj in loaded.items() if name in recorded and content_hash(obj) != recorded[name]]
+    stale = [name for name, obj in loaded.items() if obj is not None and name in recorded and content_hash(obj) != recorded[name]]
     if stale:
+        inputs = ",".join(f"<task>.{name}:<version>" for name in stale)
         raise UserError(
             f"the {what} was trained on another {' and '.join(stale)} than those loaded (a later run of the "
-            "task wrote newer versions). Load the versions of the run that trained it, e.g. "
-            "--load-versions '<task>.fused_model:<version>,<task>.splits:<version>' with that run's timestamp, "
-            "or train the INR again (--from-nodes=<task>.train_inr)"
+            f"task wrote newer versions). Load the versions of the run that trained it, e.g. --load-versions "
+            f"'{inputs}' with that run's timestamp, or {rerun}"
         )
 
 
@@ -418,7 +422,7 @@ def evaluate(
     """
     params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
     # One sample_weights call made every network, so the first one's record speaks for all.
-    check_trained_on(next(iter(sampled_models.values()), {}), fused_model, splits, "INR of the sampled networks")
+    check_trained_on(next(iter(sampled_models.values()), {}), "INR of the sampled networks", fused_model=fused_model, splits=splits)
     low, high = morph_p.compression_range
     test = split_data(splits, "test", "cpu")
     kind = task_kind(splits, nll_samples=params.nll_samples, nll_images=params.nll_images)
@@ -427,7 +431,7 @@ def evaluate(
     fused = load_model(fused_model)
     base_params, base_macs = count_params_and_macs(fused, x0)
     rows = [result_row(task, "pretrained", 0.0, True, {}, table_scores(kind, base, test, params.batch_size, splits),
-                       *count_params_and_macs(base, x0), base_params, base_macs)]
+                       *count_params_and_macs(base, x0), base_params, base_macs, splits)]
     images, labels = test.take(torch.arange(min(EXAMPLES if kind.name != "generation" else GENERATION_EXAMPLES, len(test))))
     latents = _prior_draws(base, images) if kind.name == "generation" else None
     predictions = {"pretrained": _example_outputs(kind, base, images, latents)}
@@ -440,7 +444,7 @@ def evaluate(
         predictions[f"{100 * gamma:g}%"] = _example_outputs(kind, net, images, latents)
         rows.append(
             result_row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
-                       table_scores(kind, net, test, params.batch_size, splits), n_params, n_macs, base_params, base_macs)
+                       table_scores(kind, net, test, params.batch_size, splits), n_params, n_macs, base_params, base_macs, splits)
         )
     table = pd.DataFrame(rows)
     ours = table[table.method == "neumeta"]
@@ -568,10 +572,17 @@ def table_scores(kind, forward, data, batch_size: int, splits: dict) -> dict:
     return scores
 
 
-def result_row(task, method, gamma, seen, widths, scores: dict, n_params, n_macs, base_params, base_macs) -> dict:
+def split_label(splits: dict) -> str:
+    """A short content hash of a data split, stamped on every result row."""
+    return content_hash(splits)[:12]
+
+
+def result_row(task, method, gamma, seen, widths, scores: dict, n_params, n_macs, base_params, base_macs, splits: dict) -> dict:
     return {
         "task": task,
         "method": method,
+        # Which data split's test images scored the row, so tables of different runs are never compared.
+        "split": split_label(splits),
         "compression": gamma,
         "seen_in_training": bool(seen),
         "widths": ",".join(f"{k}={v}" for k, v in widths.items()) or "full",
