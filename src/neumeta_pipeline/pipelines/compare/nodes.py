@@ -34,7 +34,8 @@ from ...neumeta.resume import content_hash
 from ...neumeta.train import task_objective, device_label, fit, resolve_device, seed_everything
 from ...neumeta.tasks import METRIC_NAMES, METRIC_SHORT, metric_scale, metric_unit, table_metric, task_kind
 from ..neumeta.nodes import (
-    check_labels, check_trained_on, first_images, fit_config, pretrain_recipe, result_row, resume_file, run_distributed, table_scores,
+    check_labels, check_trained_on, first_images, fit_config, pretrain_recipe, result_row, resume_file, run_distributed, split_label,
+    table_scores,
 )
 
 log = logging.getLogger(__name__)
@@ -189,17 +190,17 @@ def evaluate_baseline(models: dict, history: dict, splits: dict, model: dict, ev
     x0 = example_input(arch)
     base_params, base_macs = count_params_and_macs(fuse_batchnorm(build_model(arch["name"], **arch["kwargs"]).eval()), x0)
     test, kind = split_data(splits, "test", "cpu"), task_kind(splits, nll_samples=params.nll_samples, nll_images=params.nll_images)
-    rows = []
+    rows, digest = [], content_hash(splits)
     for method, by_width in models.items():
         seconds = history["seconds"][method]
         for key, checkpoint in by_width.items():
             # Test images of another split may be this network's training images.
-            check_trained_on(checkpoint, f"{_label(method)} network at {100 * float(key):g}%", _rerun(task, method), splits=splits)
+            check_trained_on(checkpoint, f"{_label(method)} network at {100 * float(key):g}%", _rerun(task, method), splits=digest)
             net = load_model(checkpoint)
             row = result_row(
                 task, method, float(checkpoint["compression"]), checkpoint["seen_in_training"], checkpoint["widths"],
                 table_scores(kind, net, test, params.batch_size, splits), *count_params_and_macs(fuse_batchnorm(net), x0),
-                base_params, base_macs, splits,
+                base_params, base_macs, split_label(digest),
             )
             rows.append({**row, "train_seconds": seconds, "device": history["device"], "stored_parameters": history["stored_parameters"][method]})
     return pd.DataFrame(rows)
@@ -272,13 +273,14 @@ def analyse_similarity(
     reconstructions (``TaskKind.divergence``); the columns keep their names."""
     params, sim = BaselineParams.model_validate(baselines), SimilarityParams.model_validate(similarity)
     # Test images of another split may be the INR's training images.
-    check_trained_on(next(iter(sampled_models.values()), {}), "INR of the sampled networks", splits=splits)
+    digest = content_hash(splits)
+    check_trained_on(next(iter(sampled_models.values()), {}), "INR of the sampled networks", splits=digest)
     images = first_images(split_data(splits, "test", "cpu"), sim.images)
     keys = [f"{g:g}" for g in params.compressions]
     families = {"neumeta": sampled_models, "individual": individual_models["individual"], "distilled": distilled_models["distilled"]}
     for family in ("individual", "distilled"):
         for key, checkpoint in families[family].items():
-            check_trained_on(checkpoint, f"{_label(family)} network at {100 * float(key):g}%", _rerun(task, family), splits=splits)
+            check_trained_on(checkpoint, f"{_label(family)} network at {100 * float(key):g}%", _rerun(task, family), splits=digest)
     rows, kl, kind = [], {}, task_kind(splits)
     for family, models in families.items():
         outputs = {k: features_and_logits(load_model(models[k]), sim.layer, images) for k in keys}

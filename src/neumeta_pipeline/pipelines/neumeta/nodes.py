@@ -386,7 +386,8 @@ def check_trained_on(
 ) -> None:
     """Refuse to use a trained model (an INR, the networks sampled from it, a baseline's network)
     with inputs other than those it was trained on: ``loaded`` names each input this stage read
-    (``fused_model=...``, ``splits=...``; None: a stage that does not read it). Kedro loads the
+    (``fused_model=...``, ``splits=...``: the object or its ``content_hash``, which a stage that
+    checks many models computes once; None: a stage that does not read it). Kedro loads the
     newest version of each input, so after another run of the task (another seed, say) a stage
     rerun on its own would pair this model with that run's network or split: same shapes,
     silently wrong figures, or test images the model was trained on. Checkpoints from before
@@ -394,7 +395,8 @@ def check_trained_on(
     recorded = checkpoint.get("trained_on")
     if not recorded:
         return
-    stale = [name for name, obj in loaded.items() if obj is not None and name in recorded and content_hash(obj) != recorded[name]]
+    digests = {name: obj if isinstance(obj, str) else content_hash(obj) for name, obj in loaded.items() if obj is not None and name in recorded}
+    stale = [name for name, digest in digests.items() if digest != recorded[name]]
     if stale:
         inputs = ",".join(f"<task>.{name}:<version>" for name in stale)
         raise UserError(
@@ -422,7 +424,8 @@ def evaluate(
     """
     params, morph_p = EvaluateParams.model_validate(evaluate_params), MorphParams.model_validate(morph)
     # One sample_weights call made every network, so the first one's record speaks for all.
-    check_trained_on(next(iter(sampled_models.values()), {}), "INR of the sampled networks", fused_model=fused_model, splits=splits)
+    digest = content_hash(splits)
+    check_trained_on(next(iter(sampled_models.values()), {}), "INR of the sampled networks", fused_model=fused_model, splits=digest)
     low, high = morph_p.compression_range
     test = split_data(splits, "test", "cpu")
     kind = task_kind(splits, nll_samples=params.nll_samples, nll_images=params.nll_images)
@@ -431,7 +434,7 @@ def evaluate(
     fused = load_model(fused_model)
     base_params, base_macs = count_params_and_macs(fused, x0)
     rows = [result_row(task, "pretrained", 0.0, True, {}, table_scores(kind, base, test, params.batch_size, splits),
-                       *count_params_and_macs(base, x0), base_params, base_macs, splits)]
+                       *count_params_and_macs(base, x0), base_params, base_macs, split_label(digest))]
     images, labels = test.take(torch.arange(min(EXAMPLES if kind.name != "generation" else GENERATION_EXAMPLES, len(test))))
     latents = _prior_draws(base, images) if kind.name == "generation" else None
     predictions = {"pretrained": _example_outputs(kind, base, images, latents)}
@@ -444,7 +447,7 @@ def evaluate(
         predictions[f"{100 * gamma:g}%"] = _example_outputs(kind, net, images, latents)
         rows.append(
             result_row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
-                       table_scores(kind, net, test, params.batch_size, splits), n_params, n_macs, base_params, base_macs, splits)
+                       table_scores(kind, net, test, params.batch_size, splits), n_params, n_macs, base_params, base_macs, split_label(digest))
         )
     table = pd.DataFrame(rows)
     ours = table[table.method == "neumeta"]
@@ -572,17 +575,17 @@ def table_scores(kind, forward, data, batch_size: int, splits: dict) -> dict:
     return scores
 
 
-def split_label(splits: dict) -> str:
-    """A short content hash of a data split, stamped on every result row."""
-    return content_hash(splits)[:12]
+def split_label(digest: str) -> str:
+    """The short form of a data split's content hash that every result row carries."""
+    return digest[:12]
 
 
-def result_row(task, method, gamma, seen, widths, scores: dict, n_params, n_macs, base_params, base_macs, splits: dict) -> dict:
+def result_row(task, method, gamma, seen, widths, scores: dict, n_params, n_macs, base_params, base_macs, split: str) -> dict:
     return {
         "task": task,
         "method": method,
         # Which data split's test images scored the row, so tables of different runs are never compared.
-        "split": split_label(splits),
+        "split": split,
         "compression": gamma,
         "seen_in_training": bool(seen),
         "widths": ",".join(f"{k}={v}" for k, v in widths.items()) or "full",
