@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from click.testing import CliRunner
 from kedro.framework.cli.cli import KedroCLI
@@ -22,10 +23,10 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from mlflow.tracking import MlflowClient
 
-from neumeta_pipeline.config import validate_task
+from neumeta_pipeline.config import check_against_model, validate_task
 from neumeta_pipeline.pipeline_registry import TASKS
 from neumeta_pipeline.pipelines.compare import BASELINES
-from tests.pipelines.conftest import make_project, project  # noqa: F401  (fixture)
+from tests.pipelines.conftest import REPO, make_project, project  # noqa: F401  (fixture)
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 NODES = ["prepare_data", "pretrain", "extract_dependency_graph", "permute_weights", "fuse_batchnorm",
@@ -132,6 +133,20 @@ def test_a_run_configuration_file_carries_lists_into_the_parameters(project):  #
     _, error = kedro_here(project, "run", "--config", str(bad), expect=1)
     assert "compression_range must be [low, high] with low <= high, got [0.75, 0.0]" in str(error)
     assert mlflow_runs(project) == []  # tracking: false records no run
+
+
+@pytest.mark.parametrize("config", sorted(path.name for path in (REPO / "conf" / "runs").glob("*.yml")))
+def test_every_committed_run_configuration_passes_the_checks_a_run_makes_first(project, config):  # noqa: F811
+    # A run configuration is only read when a user runs it; check each one against its tasks here.
+    run = yaml.safe_load((project / "conf" / "runs" / config).read_text())["run"]
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=run["params"]) as session:
+        params = session.load_context().params
+    tasks = [task for task in run["params"] if task in TASKS]
+    # Every pipeline it runs belongs to a task whose parameters it sets.
+    assert all(any(p == t or p.startswith(f"{t}_") for t in tasks) for p in run["pipelines"].split(","))
+    for task in tasks:
+        check_against_model(task, validate_task(task, params[task]))
 
 
 def test_a_user_error_prints_its_reason_without_a_traceback(tmp_path):
