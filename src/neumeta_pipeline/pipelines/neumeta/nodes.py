@@ -395,7 +395,8 @@ def check_trained_on(
     recorded = checkpoint.get("trained_on")
     if not recorded:
         return
-    digests = {name: obj if isinstance(obj, str) else content_hash(obj) for name, obj in loaded.items() if obj is not None and name in recorded}
+    read = {name: obj for name, obj in loaded.items() if obj is not None and name in recorded}
+    digests = {name: obj if isinstance(obj, str) else content_hash(obj) for name, obj in read.items()}
     stale = [name for name, digest in digests.items() if digest != recorded[name]]
     if stale:
         inputs = ",".join(f"<task>.{name}:<version>" for name in stale)
