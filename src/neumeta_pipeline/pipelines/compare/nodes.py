@@ -349,13 +349,10 @@ def _parameters(state_dict: dict) -> int:
 _NAMES = {"neumeta": "NeuMeta", "individual": "individually trained", "slimmable": "Slimmable", "distilled": "distilled (KD)"}
 
 
-_TRAINED_BY = {"individual": "train_individual", "slimmable": "train_slimmable", "distilled": "train_distilled"}
-
-
 def _rerun(task: str, method: str) -> str:
     """How to rebuild ``method``'s networks (and its table) on the inputs loaded now."""
     baseline = "pruning" if method.startswith("pruning_") else method
-    builder = _TRAINED_BY.get(baseline, "prune_pretrained")
+    builder = "prune_pretrained" if baseline == "pruning" else f"train_{baseline}"
     return f"build them again: kedro run --pipelines={task}_compare --nodes={task}.{builder},{task}.evaluate_{baseline}"
 
 

@@ -382,12 +382,12 @@ def sample_weights(inr_checkpoint: dict, fused_model: dict, splits: dict, sample
 
 def check_trained_on(
     checkpoint: dict, what: str = "INR checkpoint", rerun: str = "train the INR again (--from-nodes=<task>.train_inr)",
-    **loaded: dict | None,
+    **loaded: dict | str,
 ) -> None:
     """Refuse to use a trained model (an INR, the networks sampled from it, a baseline's network)
     with inputs other than those it was trained on: ``loaded`` names each input this stage read
     (``fused_model=...``, ``splits=...``: the object or its ``content_hash``, which a stage that
-    checks many models computes once; None: a stage that does not read it). Kedro loads the
+    checks many models computes once). Kedro loads the
     newest version of each input, so after another run of the task (another seed, say) a stage
     rerun on its own would pair this model with that run's network or split: same shapes,
     silently wrong figures, or test images the model was trained on. Checkpoints from before
@@ -395,8 +395,7 @@ def check_trained_on(
     recorded = checkpoint.get("trained_on")
     if not recorded:
         return
-    read = {name: obj for name, obj in loaded.items() if obj is not None and name in recorded}
-    digests = {name: obj if isinstance(obj, str) else content_hash(obj) for name, obj in read.items()}
+    digests = {name: obj if isinstance(obj, str) else content_hash(obj) for name, obj in loaded.items() if name in recorded}
     stale = [name for name, digest in digests.items() if digest != recorded[name]]
     if stale:
         inputs = ",".join(f"<task>.{name}:<version>" for name in stale)
