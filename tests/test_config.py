@@ -37,6 +37,7 @@ def test_shipped_parameters_are_valid(task):
         (("train_inr", "widths_per_step"), 0, "train_inr.widths_per_step"),
         (("train_inr", "recon_share"), 0.0, "train_inr.recon_share"),
         (("train_inr", "validation_samples"), 0, "train_inr.validation_samples"),
+        (("train_inr", "validation_compressions"), [0.0, 0.75], "\\[0.75\\] lie outside morph.compression_range"),
         (("permute", "objective"), "bn_folded", "permute.objective"),
         (("inr", "layout"), "per_layer", "inr.layout"),
         (("morph", "narrowing"), "last", "morph.narrowing"),

@@ -478,6 +478,19 @@ class TaskParams(_Section):
         return self
 
     @model_validator(mode="after")
+    def _validation_is_trained(self) -> TaskParams:
+        # The epoch is chosen on these widths; a width outside the trained range would tune the
+        # INR to a width that every report calls never trained.
+        low, high = self.morph.compression_range
+        outside = [c for c in self.train_inr.validation_compressions if not low <= c <= high]
+        if outside:
+            raise ValueError(
+                f"train_inr.validation_compressions {outside} lie outside morph.compression_range {[low, high]}: the "
+                f"epoch would be chosen on widths reported as never trained; validate within the trained range"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _block_init(self) -> TaskParams:
         if self.train_inr.block_epochs > 0 and self.train_inr.block_init == "predecessor" and self.inr.layout != "per_tensor":
             raise ValueError(
