@@ -3,27 +3,27 @@
 # each in its own copy of the project so that concurrent runs share no catalog. Expects the files
 # of ../shared/data in $DATA (default: .devdata): cifar10_partial.npz. Writes a log and one tarball
 # of every run's data/08_reporting (histories included) (plus each run's log and wall time) to $OUT
-# (default ./device_out). The previous session's list of runs is this file at commit fdf71c2.
+# (default ./device_out). Earlier sessions' lists of runs are this file at commits fdf71c2 and
+# 3228922.
 #
 #   OUT=/tmp/out bash benchmarks/device_runs.sh
 #
-# The question: does whole-network ResNet20 leave chance level once the warm start can reproduce
-# the pretrained network (a larger INR), and what does the compact layout give at twice its width?
-# One pretrained network serves every NeuMeta run (--from-nodes=train_inr); the individually
-# trained networks get the pretraining budget and, second, the budget of pretraining plus the INR's
-# epochs. Runs share the GPU concurrently, so wall times are upper bounds of what each costs alone.
-# Budgets can be shrunk through the environment for a smoke run on a CPU (see the variables).
+# The question (2026-11-30): the CIFAR-10 subset's whole-network goal (within 2 points of the
+# individually trained networks at 25, 50 and 75%) on seeds 0-4 of the committed defaults, both
+# methods on one machine, and what each costs on a GPU. Every seed runs the whole NeuMeta
+# pipeline (pretraining included) concurrently; one chain trains the individual networks of the
+# five seeds one after the other beside them. Runs share the GPU and the cores, so wall times are
+# upper bounds of what each costs alone. EXTRA appends parameters to every run (a smoke run on a
+# CPU: EXTRA=",$T.pretrain.epochs=1,..." with SEEDS="0").
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/device_out}
 WORK=${WORK:-/tmp/neumeta_runs}
 DATA=${DATA:-$ROOT/.devdata}
 PY=${PY:-python3}
-PRE_EPOCHS=${PRE_EPOCHS:-15}    # pretraining (the committed recipe)
-REC_STEPS=${REC_STEPS:-3000}    # INR warm start
-INR_EPOCHS=${INR_EPOCHS:-20}    # INR task training
-SAMPLES=${SAMPLES:-50}          # K at evaluation
-LIMIT=${LIMIT:-470}             # seconds any one run may take, so that every run's reports come back
+SEEDS=${SEEDS:-0 1 2 3 4}
+EXTRA=${EXTRA:-}
+LIMIT=${LIMIT:-540}             # seconds any one run may take, so that every run's reports come back
 export KEDRO_DISABLE_TELEMETRY=true PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK/collect"
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -50,25 +50,28 @@ run() {  # run NAME FROM KEDRO_ARGS...: copy project tree FROM to NAME, kedro ru
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 $PY -c "import torch, kedro; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'kedro', kedro.__version__)"
+# Every package a run imports, before any run starts (a missing wheel fails here, in seconds).
+$PY -c "import kedro_datasets.json, kedro_datasets.pandas, kedro_datasets.plotly, kedro_datasets.matplotlib, omegaconf, dynaconf, pydantic, python_tsp.heuristics" || exit 1
 
-# Template tree: the checkout without build outputs (runs write into their own copies).
-rm -rf "$WORK/base" && cp -r "$ROOT" "$WORK/base" \
-    && rm -rf "$WORK/base/.git" "$WORK/base/.whl" "$WORK/base/.venv" "$WORK/base/.devdata" "$WORK/base/device_out" "$WORK/base/data"/0*/* \
-    && cp "$DATA/cifar10_partial.npz" "$WORK/base/data/01_raw/" || { echo "data missing in $DATA"; exit 1; }
+# Template tree: the checkout without build outputs or data (runs write into their own copies).
+rm -rf "$WORK/base" && mkdir -p "$WORK/base" && tar -C "$ROOT" --exclude=./.git --exclude=./.whl --exclude=./.venv --exclude=./.devdata \
+        --exclude=./device_out --exclude=./mlruns --exclude=./mlflow.db --exclude='./data/0*/*' -cf - . \
+    | tar -C "$WORK/base" -xf - && cp "$DATA/cifar10_partial.npz" "$WORK/base/data/01_raw/" \
+    || { echo "template tree failed, or data missing in $DATA"; exit 1; }
 
-COMMON="tracking=false,$T.pretrain.epochs=$PRE_EPOCHS,$T.sample.samples=$SAMPLES"
-INR="$T.train_inr.reconstruction_steps=$REC_STEPS,$T.train_inr.epochs=$INR_EPOCHS"
-
-# The shared pretrained, permuted, fused network.
-run pretrained base --pipelines=$T --to-nodes=$T.fuse_batchnorm --params="$COMMON" || { echo "PRETRAIN FAILED"; tail -n 60 "$WORK/pretrained.log"; exit 1; }
-
-F="--from-nodes=$T.train_inr"
-run per_tensor pretrained --pipelines=$T $F --params="$COMMON,$INR,$T.inr.layout=per_tensor" &
-run per_kind_256 pretrained --pipelines=$T $F --params="$COMMON,$INR,$T.inr.hidden=256" &
-run per_kind pretrained --pipelines=$T $F --params="$COMMON,$INR" &
+nvidia-smi dmon -s u -d 15 > "$OUT/dmon.txt" 2>&1 &   # GPU load through the runs
+DMON=$!
+PIDS=()
+for S in $SEEDS; do
+    run neumeta_s$S base --pipelines=$T --params="tracking=false,$T.seed=$S$EXTRA" &
+    PIDS+=($!)
+done
 (
-    run individual base --pipelines=${T}_individual --params="$COMMON"
-    run individual_long base --pipelines=${T}_individual --params="tracking=false,$T.pretrain.epochs=$((PRE_EPOCHS + INR_EPOCHS))"
+    for S in $SEEDS; do
+        run individual_s$S base --pipelines=${T}_individual --params="tracking=false,$T.seed=$S$EXTRA"
+    done
 ) &
-wait
+PIDS+=($!)
+wait "${PIDS[@]}"
+kill $DMON 2>/dev/null
 cat "$WORK/collect/times.txt"
