@@ -15,6 +15,15 @@
 # five seeds one after the other beside them. Runs share the GPU and the cores, so wall times are
 # upper bounds of what each costs alone. EXTRA appends parameters to every run (a smoke run on a
 # CPU: EXTRA=",$T.pretrain.epochs=1,..." with SEEDS="0").
+#
+# What the device image lacks travels as wheels for Python 3.12 in .whl (the device tool's README
+# says how): kedro==1.7.0 kedro-datasets==9.6.0 cachetools==7.3.3 dynaconf==3.3.5
+# more-itertools==11.2.1 omegaconf==2.4.0 parse==1.22.4 plotly==7.1.0 pydantic==2.14.3
+# pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 python-tsp==0.5.0
+# tomli-w==1.2.0 typing-extensions==4.16.0 torch-pruning==1.6.1 (the last is imported only when a
+# table counts parameters and MACs, after training: the 2026-11-30 session lacked it).
+# Budget: on one H200, five concurrent NeuMeta runs kept the GPU 97-99% busy and each needed about
+# ten minutes, more than one call; they finished from their resume files in a second call.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/device_out}
@@ -51,7 +60,7 @@ run() {  # run NAME FROM KEDRO_ARGS...: copy project tree FROM to NAME, kedro ru
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 $PY -c "import torch, kedro; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'kedro', kedro.__version__)"
 # Every package a run imports, before any run starts (a missing wheel fails here, in seconds).
-$PY -c "import kedro_datasets.json, kedro_datasets.pandas, kedro_datasets.plotly, kedro_datasets.matplotlib, omegaconf, dynaconf, pydantic, python_tsp.heuristics" || exit 1
+$PY -c "import kedro_datasets.json, kedro_datasets.pandas, kedro_datasets.plotly, kedro_datasets.matplotlib, omegaconf, dynaconf, pydantic, python_tsp.heuristics, torch_pruning" || exit 1
 
 # Template tree: the checkout without build outputs or data (runs write into their own copies).
 rm -rf "$WORK/base" && mkdir -p "$WORK/base" && tar -C "$ROOT" --exclude=./.git --exclude=./.whl --exclude=./.venv --exclude=./.devdata \
