@@ -23,7 +23,7 @@
 # tomli-w==1.2.0 typing-extensions==4.16.0 torch-pruning==1.6.1 (the last is imported only when a
 # table counts parameters and MACs, after training: the 2026-11-30 session lacked it).
 # Budget: on one H200, five concurrent NeuMeta runs kept the GPU 97-99% busy and each needed about
-# ten minutes, more than one call; they finished from their resume files in a second call.
+# ten minutes, more than one call; they finished from their resume files in a second call (RESUME=1).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/device_out}
@@ -42,9 +42,9 @@ collect() {  # re-pack everything finished so far (atomic, so a timeout still le
     tar -czf "$OUT/.results.$BASHPID" -C "$WORK/collect" . && mv "$OUT/.results.$BASHPID" "$OUT/results.tgz"
 }
 
-run() {  # run NAME FROM KEDRO_ARGS...: copy project tree FROM to NAME, kedro run there, collect its reports
+run() {  # run NAME FROM KEDRO_ARGS...: copy project tree FROM to NAME (unless FROM is NAME), kedro run there, collect its reports
     local name=$1 from=$2; shift 2
-    rm -rf "$WORK/$name" && cp -r "$WORK/$from" "$WORK/$name"
+    [ "$from" = "$name" ] || { rm -rf "$WORK/$name" && cp -r "$WORK/$from" "$WORK/$name"; }
     local start=$(date +%s%N)
     (cd "$WORK/$name" && timeout "$LIMIT" $PY -m kedro run "$@" > "$WORK/$name.log" 2>&1)
     local rc=$? end=$(date +%s%N)
@@ -62,22 +62,33 @@ $PY -c "import torch, kedro; print('torch', torch.__version__, 'cuda', torch.cud
 # Every package a run imports, before any run starts (a missing wheel fails here, in seconds).
 $PY -c "import kedro_datasets.json, kedro_datasets.pandas, kedro_datasets.plotly, kedro_datasets.matplotlib, omegaconf, dynaconf, pydantic, python_tsp.heuristics, torch_pruning" || exit 1
 
+# RESUME=1, in a second call on the same warm machine, finishes runs in their own folders: NeuMeta
+# from train_inr (its resume file continues the INR at its last finished epoch), the individual
+# networks from their evaluation. Pretraining is not rerun: on a GPU it is not bit-reproducible, and
+# the resume file is keyed to its inputs' content.
+RESUME=${RESUME:-}
+NEU=${RESUME:+--from-nodes=$T.train_inr}
+IND=${RESUME:+--from-nodes=$T.evaluate_individual}
+
 # Template tree: the checkout without build outputs or data (runs write into their own copies).
-rm -rf "$WORK/base" && mkdir -p "$WORK/base" && tar -C "$ROOT" --exclude=./.git --exclude=./.whl --exclude=./.venv --exclude=./.devdata \
-        --exclude=./device_out --exclude=./mlruns --exclude=./mlflow.db --exclude='./data/0*/*' -cf - . \
-    | tar -C "$WORK/base" -xf - && cp "$DATA/cifar10_partial.npz" "$WORK/base/data/01_raw/" \
-    || { echo "template tree failed, or data missing in $DATA"; exit 1; }
+if [ -z "$RESUME" ]; then
+    rm -rf "$WORK/base" && mkdir -p "$WORK/base" && tar -C "$ROOT" --exclude=./.git --exclude=./.whl --exclude=./.venv \
+            --exclude=./.devdata --exclude=./device_out --exclude=./mlruns --exclude=./mlflow.db --exclude='./data/0*/*' -cf - . \
+        | tar -C "$WORK/base" -xf - && cp "$DATA/cifar10_partial.npz" "$WORK/base/data/01_raw/" \
+        || { echo "template tree failed, or data missing in $DATA"; exit 1; }
+fi
+tree_of() { if [ -n "$RESUME" ]; then echo "$1"; else echo base; fi; }   # the tree a run starts from
 
 nvidia-smi dmon -s u -d 15 > "$OUT/dmon.txt" 2>&1 &   # GPU load through the runs
 DMON=$!
 PIDS=()
 for S in $SEEDS; do
-    run neumeta_s$S base --pipelines=$T --params="tracking=false,$T.seed=$S$EXTRA" &
+    run neumeta_s$S "$(tree_of neumeta_s$S)" --pipelines=$T $NEU --params="tracking=false,$T.seed=$S$EXTRA" &
     PIDS+=($!)
 done
 (
     for S in $SEEDS; do
-        run individual_s$S base --pipelines=${T}_individual --params="tracking=false,$T.seed=$S$EXTRA"
+        run individual_s$S "$(tree_of individual_s$S)" --pipelines=${T}_individual $IND --params="tracking=false,$T.seed=$S$EXTRA"
     done
 ) &
 PIDS+=($!)
