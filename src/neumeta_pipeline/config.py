@@ -237,6 +237,11 @@ class MorphParams(_Section):
             raise ValueError(f"compression_range must be [low, high] with low <= high, got {list(value)}")
         return value
 
+    def trains(self, compression: float) -> bool:
+        """Whether the INR is trained at this compression (the reports' ``seen_in_training``)."""
+        low, high = self.compression_range
+        return low <= compression <= high
+
 
 class INRParams(_Section):
     num_frequencies: int = Field(12, ge=1, le=24)
@@ -481,11 +486,11 @@ class TaskParams(_Section):
     def _validation_is_trained(self) -> TaskParams:
         # The epoch is chosen on these widths; a width outside the trained range would tune the
         # INR to a width that every report calls never trained.
-        low, high = self.morph.compression_range
-        outside = [c for c in self.train_inr.validation_compressions if not low <= c <= high]
+        outside = [c for c in self.train_inr.validation_compressions if not self.morph.trains(c)]
         if outside:
             raise ValueError(
-                f"train_inr.validation_compressions {outside} lie outside morph.compression_range {[low, high]}: the "
+                f"train_inr.validation_compressions {outside} lie outside morph.compression_range "
+                f"{list(self.morph.compression_range)}: the "
                 f"epoch would be chosen on widths reported as never trained; validate within the trained range"
             )
         return self

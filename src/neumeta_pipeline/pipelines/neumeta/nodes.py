@@ -426,7 +426,6 @@ def evaluate(
     # One sample_weights call made every network, so the first one's record speaks for all.
     digest = content_hash(splits)
     check_trained_on(next(iter(sampled_models.values()), {}), "INR of the sampled networks", fused_model=fused_model, splits=digest)
-    low, high = morph_p.compression_range
     test = split_data(splits, "test", "cpu")
     kind = task_kind(splits, nll_samples=params.nll_samples, nll_images=params.nll_images)
     x0 = example_input(pretrained_model["arch"])
@@ -446,7 +445,7 @@ def evaluate(
         norms[gamma] = weight_norm(net)
         predictions[f"{100 * gamma:g}%"] = _example_outputs(kind, net, images, latents)
         rows.append(
-            result_row(task, "neumeta", gamma, low <= gamma <= high, checkpoint["widths"],
+            result_row(task, "neumeta", gamma, morph_p.trains(gamma), checkpoint["widths"],
                        table_scores(kind, net, test, params.batch_size, splits), n_params, n_macs, base_params, base_macs, split_label(digest))
         )
     table = pd.DataFrame(rows)
@@ -468,7 +467,8 @@ def evaluate(
     }
     examples = (_generation_png(task, images, predictions) if kind.name == "generation"
                 else _examples_png(task, images, labels, predictions, splits))
-    charts = _plotly_chart(table, task, (low, high), kind.metric), _png_chart(table, task, (low, high), kind.metric)
+    seen = morph_p.compression_range
+    charts = _plotly_chart(table, task, seen, kind.metric), _png_chart(table, task, seen, kind.metric)
     return metrics, table, *charts, examples
 
 
