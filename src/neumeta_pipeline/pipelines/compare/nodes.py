@@ -135,8 +135,9 @@ def prune_pretrained(pretrained_model: dict, splits: dict, morph: dict, baseline
         for gamma, w in widths.items():
             pruned = prune_channels(net, groups, w, importance, images, labels if importance in NEEDS_GRADIENTS else None, seed,
                                     task_kind(splits))
+            # At 0% nothing is removed: that network is the pretrained one, trained at its width.
             models[method][f"{gamma:g}"] = model_checkpoint(
-                pruned, arch, widths=w, compression=gamma, seen_in_training=False, trained_on=inputs
+                pruned, arch, widths=w, compression=gamma, seen_in_training=gamma == 0.0, trained_on=inputs
             )
         seconds[method] = time.perf_counter() - start
     stored = {method: _parameters(pretrained_model["state_dict"]) for method in models}
