@@ -248,7 +248,8 @@ class INRParams(_Section):
     hidden: int = Field(256, ge=1)
     depth: int = Field(5, ge=0)
     layout: Literal[LAYOUTS] = Field(  # type: ignore[valid-type]
-        "per_tensor", description="one MLP per generated tensor, or per_kind: one per (weight kernel size | bias)"
+        "per_tensor",
+        description="one MLP per generated tensor; per_kind: one per (weight kernel size | bias); per_shape: one per full tensor shape",
     )
     centred: bool = Field(False, description="channel coordinates at cell centres, (c + 0.5) / C, instead of c / C")
     noise_scaling: Literal[NOISE_SCALINGS] = Field(  # type: ignore[valid-type]

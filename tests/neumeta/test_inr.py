@@ -183,7 +183,7 @@ def test_copy_block_copies_mlps_within_a_stage_only():
         NeuMetaINR(spec, num_frequencies=3, hidden=8, depth=1, layout="per_kind").copy_block(["layer1.0.conv1"], ["layer1.1.conv1"])
 
 
-def test_per_kind_does_not_grow_with_depth():
+def test_per_kind_and_per_shape_do_not_grow_with_depth():
     counts = {}
     for depth in (20, 56):
         model = fuse_batchnorm(build_model(f"resnet{depth}")).eval()
@@ -191,7 +191,21 @@ def test_per_kind_does_not_grow_with_depth():
         config = {"num_frequencies": 16, "hidden": 128, "depth": 3}
         counts[depth] = {layout: inr_parameter_count({**config, "layout": layout}, spec) for layout in LAYOUTS}
     assert counts[20]["per_kind"] == counts[56]["per_kind"]
+    assert counts[20]["per_shape"] == counts[56]["per_shape"]
     assert counts[56]["per_tensor"] > 2 * counts[20]["per_tensor"]
+    assert counts[20]["per_kind"] < counts[20]["per_shape"] < counts[20]["per_tensor"]
+
+
+def test_per_shape_gives_each_stage_and_each_channel_change_its_own_mlp():
+    model = fuse_batchnorm(build_model("resnet20")).eval()
+    inr = NeuMetaINR(MorphSpec(model, torch.zeros(1, 3, 32, 32)), num_frequencies=2, hidden=4, depth=1, layout="per_shape")
+    mlp = {t.name: inr.route[i] for i, t in enumerate(inr.spec.tensors)}
+    stage3 = {mlp[f"layer3.{b}.conv{c}.weight"] for b in range(3) for c in (1, 2)} - {mlp["layer3.0.conv1.weight"]}
+    assert len(stage3) == 1  # every 64 -> 64 convolution of the stage shares one MLP
+    assert len({mlp["layer3.0.conv1.weight"], mlp["layer3.1.conv1.weight"], mlp["layer2.1.conv1.weight"]}) == 3
+    assert mlp["layer1.0.conv1.weight"] == mlp["layer1.2.conv2.weight"]
+    # Biases of one channel count share one MLP, whichever stage they sit in.
+    assert mlp["layer2.0.conv1.bias"] == mlp["layer2.2.conv2.bias"] != mlp["layer3.0.conv1.bias"]
 
 
 @pytest.mark.parametrize("layout", ["per_tensor", "per_kind"])

@@ -1,11 +1,14 @@
 """The hypernetwork: Fourier features of a coordinate, residual MLPs that map them to weight values.
 
-Two layouts say which tensors share an MLP. ``per_tensor`` (the paper's "block-based" INR): one MLP
-per generated tensor. ``per_kind``: one MLP for all weights with the same number of values per
+Three layouts say which tensors share an MLP. ``per_tensor`` (the paper's "block-based" INR): one
+MLP per generated tensor. ``per_kind``: one MLP for all weights with the same number of values per
 (out, in) coordinate (kernel elements times the input block) and one for all biases, so the layer
 coordinate is what tells tensors apart and the INR's size no longer grows with the network's depth.
-Either way a tensor is routed to its MLP by its clean index in the spec, never by a (noisy)
-coordinate.
+``per_shape``: one MLP per full tensor shape, between the two: in a ResNet each stage's
+equally-shaped convolutions share one MLP and a stage's first, channel-changing convolution has
+its own, so a stage need not share its MLP with stages of another channel count, and the INR still
+does not grow with the number of blocks per stage. Whatever the layout, a tensor is routed to its
+MLP by its clean index in the spec, never by a (noisy) coordinate.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import nn
 from .coords import add_noise, normalise, raw_coordinates
 from .morph import MorphSpec, TensorSpec
 
-LAYOUTS = ("per_tensor", "per_kind")
+LAYOUTS = ("per_tensor", "per_kind", "per_shape")
 NOISE_SCALINGS = ("width", "fixed")
 
 # Coordinates per MLP call when tensors share an MLP: small tensors (biases, the classifier, narrow
@@ -69,6 +72,8 @@ def mlp_keys(spec: MorphSpec, layout: str) -> list[tuple]:
     if layout == "per_tensor":
         return [(t.name,) for t in spec.tensors]
     # The output width is part of the key: an MLP has one output size.
+    if layout == "per_shape":
+        return [(t.kind, t.kernel, t.full_shape, t.transposed) for t in spec.tensors]
     return [(t.kind, t.kernel) for t in spec.tensors]
 
 
@@ -230,9 +235,9 @@ class NeuMetaINR(nn.Module):
         """Start the MLPs of the ``target`` modules' tensors as copies of the ``source`` modules'
         (the block before it), tensor by tensor in order, where kind and shape agree (not at a
         stage boundary, where the channel counts change). Returns the tensors copied. Only for the
-        per_tensor layout: per_kind MLPs are already shared between blocks."""
+        per_tensor layout: the other layouts' MLPs are already shared between blocks."""
         if self.config["layout"] != "per_tensor":
-            raise ValueError("copy_block needs inr.layout per_tensor (per_kind MLPs are shared between blocks)")
+            raise ValueError(f"copy_block needs inr.layout per_tensor ({self.config['layout']} MLPs are shared between blocks)")
         def pick(modules: list[str]) -> list[int]:
             return [i for i, t in enumerate(self.spec.tensors) if t.module in modules]
 
