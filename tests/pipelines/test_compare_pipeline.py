@@ -57,10 +57,10 @@ def test_compare_pipeline_reports_every_method_and_the_similarity(project):
     inr = torch.load(versions(project / f"data/06_models/{task}/inr_checkpoint.pt")[0], weights_only=True)
     assert ours.stored_parameters == inr["inr_parameters"]  # LeNet is generated whole: nothing else is stored
     assert ours.widths_not_trained == "75%"
-    # Pruning never trains a narrow width; its 0% is the pretrained network itself.
-    assert table.set_index("method").loc["pruning_l1"].widths_not_trained == "25% 50% 75%"
     individual = table.set_index("method").loc["individual"]
     pruning = table.set_index("method").loc["pruning_l1"]
+    # Pruning never trains a narrow width; its 0% is the pretrained network itself.
+    assert pruning.widths_not_trained == "25% 50% 75%"
     assert individual.stored_parameters > pruning.stored_parameters  # four networks against one
     for name in ("comparison_plot.json", "comparison_plot.png", "similarity_plot.json", "similarity_plot.png"):
         assert len(versions(data / name)) == 1
