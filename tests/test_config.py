@@ -40,6 +40,7 @@ def test_shipped_parameters_are_valid(task):
         (("train_inr", "validation_compressions"), [0.0, 0.75], "\\[0.75\\] lie outside morph.compression_range"),
         (("permute", "objective"), "bn_folded", "permute.objective"),
         (("inr", "layout"), "per_layer", "inr.layout"),
+        (("inr", "modulation"), "affine", "inr.modulation"),
         (("morph", "narrowing"), "last", "morph.narrowing"),
         (("inr", "layuot"), "per_kind", "inr.layuot"),  # a typo of the new key is an error too
         (("distributed",), {"nproc_per_node": 0}, "distributed.nproc_per_node"),

@@ -15,7 +15,7 @@ from .baselines.pruning import IMPORTANCES
 from .data import DEVICE_AUGMENTATIONS, SEGMENTATION_SOURCES, SOURCES, STREAMED_SOURCE
 from .errors import UserError
 from .models import MODELS
-from .neumeta.inr import LAYOUTS, NOISE_SCALINGS
+from .neumeta.inr import LAYOUTS, MODULATIONS, NOISE_SCALINGS
 from .neumeta.permute import OBJECTIVES
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
 from .neumeta.tasks import KINDS
@@ -250,6 +250,11 @@ class INRParams(_Section):
     layout: Literal[LAYOUTS] = Field(  # type: ignore[valid-type]
         "per_tensor",
         description="one MLP per generated tensor; per_kind: one per (weight kernel size | bias); per_shape: one per full tensor shape",
+    )
+    modulation: Literal[MODULATIONS] = Field(  # type: ignore[valid-type]
+        "none",
+        description="film: each generated tensor gets a learned scale and shift of every hidden layer of its MLP, "
+        "(depth + 1) * 2 * hidden values, so tensors sharing an MLP (per_shape, per_kind) need not be told apart by the layer coordinate alone",
     )
     centred: bool = Field(False, description="channel coordinates at cell centres, (c + 0.5) / C, instead of c / C")
     noise_scaling: Literal[NOISE_SCALINGS] = Field(  # type: ignore[valid-type]

@@ -5,7 +5,7 @@ from neumeta_pipeline.models import build_model
 from neumeta_pipeline.neumeta.coords import add_noise, normalise, raw_coordinates
 from neumeta_pipeline.neumeta import inr as inr_module
 from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
-from neumeta_pipeline.neumeta.inr import LAYOUTS, FourierFeatures, NeuMetaINR, inr_parameter_count
+from neumeta_pipeline.neumeta.inr import LAYOUTS, MODULATIONS, FourierFeatures, NeuMetaINR, inr_parameter_count
 from neumeta_pipeline.neumeta.morph import MorphSpec, blocks, generated_modules, shared_parameters
 
 X = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # not the global RNG: order-free
@@ -92,13 +92,16 @@ def test_per_kind_routes_tensors_by_kind_and_kernel_from_the_spec():
         NeuMetaINR(spec, num_frequencies=4, hidden=8, depth=1, layout="per_layer")
 
 
+@pytest.mark.parametrize("modulation", MODULATIONS)
 @pytest.mark.parametrize("call_rows", [1, 80, 4096])
-def test_per_kind_batched_generate_equals_one_call_per_tensor(monkeypatch, call_rows):
+def test_per_kind_batched_generate_equals_one_call_per_tensor(monkeypatch, call_rows, modulation):
     # 1: every tensor alone; 80: chunks break between tensors; 4096: one call per kind.
     monkeypatch.setattr(inr_module, "CALL_ROWS", call_rows)
     torch.manual_seed(0)
     model, spec = _lenet_spec()
-    inr = NeuMetaINR(spec, num_frequencies=4, hidden=8, depth=1, reference=model.state_dict(), layout="per_kind")
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=8, depth=1, reference=model.state_dict(), layout="per_kind", modulation=modulation)
+    if inr.film is not None:  # away from the identity, so a row given another tensor's FiLM would show
+        torch.nn.init.normal_(inr.film, std=0.5)
     widths = {"conv1": 5, "conv2": 7, "fc1": 9}
     batched = inr.generate(widths, noise=1.0, samples=3, generator=torch.Generator().manual_seed(1))
     # The same computation tensor by tensor, each through the MLP its clean index routes it to.
@@ -108,7 +111,8 @@ def test_per_kind_batched_generate_equals_one_call_per_tensor(monkeypatch, call_
         n = len(raw)
         noisy = add_noise(raw.repeat(3, 1), 1.0, generator)
         mlp = inr.mlps[inr.route[i]]
-        values = sum(mlp(inr.features(normalise(noisy[k * n : (k + 1) * n], spec.norm))) for k in range(3))
+        film = None if inr.film is None else inr.film[i : i + 1]
+        values = sum(mlp(inr.features(normalise(noisy[k * n : (k + 1) * n], spec.norm)), film) for k in range(3))
         values = (values / 3) * inr.out_scale[i] + inr.out_shift[i]
         torch.testing.assert_close(batched[tensor.name], inr._to_layout(tensor, widths, values), rtol=1e-5, atol=1e-6)
     assert spec.run(model, widths, batched, X).shape == (16, 10)
@@ -123,16 +127,17 @@ def test_per_kind_keeps_a_graph_only_for_trained_tensors():
         assert not any(v.requires_grad for v in inr.generate(spec.widths(0.0)).values())
 
 
+@pytest.mark.parametrize("modulation", MODULATIONS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", ["lenet", "resnet20"])
-def test_parameter_count_formula_matches_the_module(layout, name):
+def test_parameter_count_formula_matches_the_module(layout, name, modulation):
     if name == "lenet":
         model, spec = _lenet_spec(width=8)
     else:
         model = fuse_batchnorm(build_model("resnet20")).eval()
         spec = MorphSpec(model, torch.zeros(1, 3, 32, 32))
     for hidden, depth, freqs in ((16, 0, 3), (32, 2, 5)):
-        config = {"num_frequencies": freqs, "hidden": hidden, "depth": depth, "layout": layout}
+        config = {"num_frequencies": freqs, "hidden": hidden, "depth": depth, "layout": layout, "modulation": modulation}
         inr = NeuMetaINR(spec, **config)
         assert inr_parameter_count(config, spec) == sum(p.numel() for p in inr.parameters())
         assert inr_parameter_count(inr.config, spec) == sum(p.numel() for p in inr.parameters())
@@ -166,7 +171,8 @@ def test_copy_block_copies_mlps_within_a_stage_only():
     spec = MorphSpec(model, torch.zeros(1, 3, 32, 32), ["layer1.*", "layer2.0.*"], ["layer1.*.conv1", "layer2.0.conv1"])
     assert blocks(spec)[:2] == [["layer1.0.conv1", "layer1.0.conv2"], ["layer1.1.conv1", "layer1.1.conv2"]]
     torch.manual_seed(0)
-    inr = NeuMetaINR(spec, num_frequencies=3, hidden=8, depth=1)
+    inr = NeuMetaINR(spec, num_frequencies=3, hidden=8, depth=1, modulation="film")
+    torch.nn.init.normal_(inr.film)
     index = {t.name: i for i, t in enumerate(spec.tensors)}
 
     def mlp(name):
@@ -177,6 +183,7 @@ def test_copy_block_copies_mlps_within_a_stage_only():
     for name in copied:
         source = name.replace("layer1.1", "layer1.0")
         assert all(torch.equal(a, b) for a, b in zip(mlp(name).values(), mlp(source).values()))
+        assert torch.equal(inr.film[index[name]], inr.film[index[source]])
     # layer2.0 halves the resolution and doubles the channels: nothing has the predecessor's shape
     assert inr.copy_block(["layer1.2.conv1", "layer1.2.conv2"], ["layer2.0.conv1", "layer2.0.conv2"]) == []
     with pytest.raises(ValueError, match="per_tensor"):
@@ -228,3 +235,24 @@ def test_a_tiny_inr_learns_to_reproduce_a_tiny_network(layout):
         assert max(errors.values()) < 1e-2, errors
         expected, got = model(X), spec.run(model, full, weights, X)
     assert (expected.argmax(1) == got.argmax(1)).float().mean() >= 0.9
+
+
+def test_film_starts_as_the_identity_and_tells_tensors_of_one_mlp_apart():
+    torch.manual_seed(0)
+    model = fuse_batchnorm(build_model("resnet20")).eval()
+    spec = MorphSpec(model, torch.zeros(1, 3, 32, 32), ["layer3.*.conv2"], [])
+    config = {"num_frequencies": 3, "hidden": 8, "depth": 2, "layout": "per_shape", "reference": model.state_dict()}
+    plain, film = NeuMetaINR(spec, **config), NeuMetaINR(spec, **config, modulation="film")
+    film.load_state_dict({**plain.state_dict(), "film": film.film.detach()})
+    full = spec.widths(0.0)
+    before = film.generate(full)
+    assert all(torch.equal(before[k], plain.generate(full)[k]) for k in before)
+    index = {t.name: i for i, t in enumerate(spec.tensors)}
+    a, b = index["layer3.1.conv2.weight"], index["layer3.2.conv2.weight"]
+    assert film.route[a] == film.route[b]  # the two 64 -> 64 convolutions share one MLP
+    with torch.no_grad():
+        film.film[b].normal_()
+    after = film.generate(full)
+    assert {k for k in after if not torch.equal(after[k], before[k])} == {"layer3.2.conv2.weight"}
+    assert {name: p.shape for name, p in film.named_parameters() if p is film.film} == {"film": (len(spec.tensors), 3, 2, 8)}
+    assert film.generator_parameters()[-1] is film.film

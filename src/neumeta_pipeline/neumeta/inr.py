@@ -9,6 +9,10 @@ equally-shaped convolutions share one MLP and a stage's first, channel-changing 
 its own, so a stage need not share its MLP with stages of another channel count, and the INR still
 does not grow with the number of blocks per stage. Whatever the layout, a tensor is routed to its
 MLP by its clean index in the spec, never by a (noisy) coordinate.
+
+``modulation: film`` gives every generated tensor a learned scale and shift of each hidden layer of
+its MLP (FiLM), so tensors that share an MLP need not be told apart by the layer coordinate alone:
+``(depth + 1) * 2 * hidden`` stored values per tensor, a small share of an MLP.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .coords import add_noise, normalise, raw_coordinates
 from .morph import MorphSpec, TensorSpec
 
 LAYOUTS = ("per_tensor", "per_kind", "per_shape")
+MODULATIONS = ("none", "film")
 NOISE_SCALINGS = ("width", "fixed")
 
 # Coordinates per MLP call when tensors share an MLP: small tensors (biases, the classifier, narrow
@@ -55,13 +60,19 @@ class ResidualMLP(nn.Module):
         self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
         self.out = nn.Linear(hidden, out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        """``film``: ``(rows or 1, depth + 1, 2, hidden)``, a scale (as 1 + value) and a shift of
+        the hidden state after the input layer and after each block; zeros leave it unchanged."""
         # Pre-activation residual blocks: a block adds a signed update. Adding ReLU outputs instead
         # makes every hidden unit positive and growing with depth, so all coordinates share one
         # dominant feature direction and gradient steps mostly shift every weight together.
         h = self.inp(x)
-        for block in self.blocks:
+        if film is not None:
+            h = torch.addcmul(film[:, 0, 1], h, 1.0 + film[:, 0, 0])
+        for k, block in enumerate(self.blocks, start=1):
             h = h + block(torch.relu(h))
+            if film is not None:
+                h = torch.addcmul(film[:, k, 1], h, 1.0 + film[:, k, 0])
         return self.out(torch.relu(h))
 
 
@@ -94,7 +105,8 @@ def inr_parameter_count(config: dict, spec: MorphSpec) -> int:
     outputs = {key: t.kernel for key, t in zip(keys, spec.tensors)}
     mlps = sum(mlp_parameters(in_features, hidden, depth, out) for out in outputs.values())
     shared = sum(math.prod(shape) for shape in (config.get("shared") or {}).values())
-    return mlps + shared + len(config.get("branch_scale") or ())
+    film = len(spec.tensors) * (depth + 1) * 2 * hidden if config.get("modulation", "none") == "film" else 0
+    return mlps + film + shared + len(config.get("branch_scale") or ())
 
 
 class NeuMetaINR(nn.Module):
@@ -114,11 +126,14 @@ class NeuMetaINR(nn.Module):
         shared: dict[str, list[int]] | None = None,
         branch_scale: list[str] | tuple[str, ...] = (),
         branch_scale_init: float = 1.0,
+        modulation: str = "none",
     ) -> None:
         super().__init__()
         self.spec = spec
         if noise_scaling not in NOISE_SCALINGS:
             raise ValueError(f"unknown noise_scaling {noise_scaling!r}; choose from {NOISE_SCALINGS}")
+        if modulation not in MODULATIONS:
+            raise ValueError(f"unknown modulation {modulation!r}; choose from {MODULATIONS}")
         shared = {name: [int(n) for n in shape] for name, shape in (shared or {}).items()}
         unknown = sorted(set(branch_scale) - set(spec.generated_modules))
         if unknown:
@@ -127,6 +142,7 @@ class NeuMetaINR(nn.Module):
             "num_frequencies": num_frequencies, "hidden": hidden, "depth": depth, "layout": layout,
             "centred": centred, "noise_scaling": noise_scaling, "size_inputs": size_inputs,
             "shared": shared, "branch_scale": list(branch_scale), "branch_scale_init": branch_scale_init,
+            "modulation": modulation,
         }
         self.features = FourierFeatures(num_frequencies)
         keys = mlp_keys(spec, layout)
@@ -139,6 +155,12 @@ class NeuMetaINR(nn.Module):
             ResidualMLP(self.features.out_features, hidden, depth, spec.tensors[tensors[0]].kernel)
             for tensors in self.members
         )
+        # Per-tensor FiLM of its MLP's hidden layers, zero (the identity) at the start, so the
+        # warm start begins from the same function as without it.
+        if modulation == "film":
+            self.film = nn.Parameter(torch.zeros(len(spec.tensors), depth + 1, 2, hidden))
+        else:
+            self.register_parameter("film", None)
         # Each MLP predicts a standardised value; a per-tensor shift and scale, taken from the
         # reference (pretrained) weights in the INR's output space, map it back. Without this, the
         # fan-in division leaves freshly initialised layers near zero and training crawls.
@@ -218,6 +240,11 @@ class NeuMetaINR(nn.Module):
         weights = {t.name: self._to_layout(t, widths, values[i]) for i, t in tensors}
         return weights if raw else self.complete(widths, weights)
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """The parameters that make the generated tensors (the MLPs and their modulation), without
+        the directly trained shared tensors and branch scales: what the warm start fits."""
+        return [*self.mlps.parameters(), *([self.film] if self.film is not None else [])]
+
     def complete(self, widths: dict[str, int], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The MLPs' ``weights`` with the branch scales applied and the shared tensors added: every
         tensor of the network at ``widths`` that differs from the reference network's (a new dict)."""
@@ -234,8 +261,9 @@ class NeuMetaINR(nn.Module):
     def copy_block(self, source: list[str], target: list[str]) -> list[str]:
         """Start the MLPs of the ``target`` modules' tensors as copies of the ``source`` modules'
         (the block before it), tensor by tensor in order, where kind and shape agree (not at a
-        stage boundary, where the channel counts change). Returns the tensors copied. Only for the
-        per_tensor layout: the other layouts' MLPs are already shared between blocks."""
+        stage boundary, where the channel counts change), with their modulation. Returns the
+        tensors copied. Only for the per_tensor layout: the other layouts' MLPs are already shared
+        between blocks."""
         if self.config["layout"] != "per_tensor":
             raise ValueError(f"copy_block needs inr.layout per_tensor ({self.config['layout']} MLPs are shared between blocks)")
         def pick(modules: list[str]) -> list[int]:
@@ -246,6 +274,9 @@ class NeuMetaINR(nn.Module):
             a, b = self.spec.tensors[i], self.spec.tensors[j]
             if (a.kind, a.full_shape, a.in_block) == (b.kind, b.full_shape, b.in_block):
                 self.mlps[self.route[j]].load_state_dict(self.mlps[self.route[i]].state_dict())
+                if self.film is not None:
+                    with torch.no_grad():
+                        self.film[j] = self.film[i]
                 copied.append(b.name)
         return copied
 
@@ -259,11 +290,16 @@ class NeuMetaINR(nn.Module):
             normalise(x, self.spec.norm, self.config["centred"], None if self.config["size_inputs"] else self._full_sizes(i))
             for i, x in zip(tensors, noisy)
         ]
+        film = None
+        if self.film is not None:  # one row per coordinate: a call may hold several tensors
+            film = self.film[tensors[0]][None] if len(tensors) == 1 else self.film[tensors].repeat_interleave(
+                torch.tensor(sizes, device=self.film.device), dim=0
+            )
         total = None
         for k in range(samples):
             batch = [x[k * n : (k + 1) * n] for x, n in zip(inputs, sizes)]
             coords = batch[0] if len(batch) == 1 else torch.cat(batch)
-            out = mlp(self.features(coords))
+            out = mlp(self.features(coords), film)
             total = out if total is None else total + out
         out = {}
         for i, part in zip(tensors, (total,) if len(tensors) == 1 else total.split(sizes)):

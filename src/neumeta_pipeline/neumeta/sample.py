@@ -44,7 +44,10 @@ def load_inr(checkpoint: dict) -> NeuMetaINR:
     # Checkpoints written before layouts and coordinate options existed have one MLP per tensor and
     # corner coordinates with width-scaled noise; say so here rather than lean on the constructor's
     # defaults, which may change.
-    config = {"layout": "per_tensor", "centred": False, "noise_scaling": "width", "size_inputs": True, **checkpoint["inr_config"]}
+    config = {
+        "layout": "per_tensor", "centred": False, "noise_scaling": "width", "size_inputs": True, "modulation": "none",
+        **checkpoint["inr_config"],
+    }
     inr = NeuMetaINR(MorphSpec.from_dict(checkpoint["spec"]), **config)
     inr.load_state_dict(checkpoint["state_dict"])
     return inr.eval()

@@ -285,7 +285,7 @@ def fit_reconstruction(
     paper); starting from an INR that already reproduces the pretrained network lets a short run
     spend its steps on the narrower widths. Returns the loss every step.
     """
-    params = list(inr.mlps.parameters())
+    params = inr.generator_parameters()
     optimizer = torch.optim.Adam(params, lr=lr, fused=fused_supported(params))
     full = inr.spec.widths(0.0)
     losses = []
