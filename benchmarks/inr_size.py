@@ -8,6 +8,7 @@ weight and bias generated (``generated: all``) after BatchNorm is folded, as the
   LeNet h = 32 (conf/base/parameters_mnist.yml's network and its F), CIFAR ResNet20 and ResNet56
   (F from conf/base/parameters_cifar10.yml).
 
+Each layout is counted without FiLM, and the shared ones also with ``modulation: film``.
 INR sizes are ``hidden x depth`` of the residual MLPs; counts come from ``inr_parameter_count``
 (the formula), and with ``--check`` every INR is also built and its ``sum(p.numel())`` compared.
 Buffers (F Fourier frequencies, an output shift and scale per generated tensor) are not counted.
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from neumeta_pipeline.models import build_model  # noqa: E402
 from neumeta_pipeline.neumeta.fuse import fuse_batchnorm  # noqa: E402
-from neumeta_pipeline.neumeta.inr import LAYOUTS, NeuMetaINR, inr_parameter_count, mlp_keys  # noqa: E402
+from neumeta_pipeline.neumeta.inr import LAYOUTS, MODULATIONS, NeuMetaINR, inr_parameter_count, mlp_keys  # noqa: E402
 from neumeta_pipeline.neumeta.morph import MorphSpec  # noqa: E402
 
 # (label, model name, kwargs, input shape, task whose INR frequencies are used)
@@ -60,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = parse_sizes(args.sizes)
 
-    header = ["network", "network params (with BN)", "generated params (BN folded)", "F", "layout", "MLPs"]
+    header = ["network", "network params (with BN)", "generated params (BN folded)", "F", "layout", "modulation", "MLPs"]
     header += [f"INR {h}x{d}" for h, d in sizes]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -71,18 +72,21 @@ def main() -> None:
         own = sum(p.numel() for p in net.parameters())
         generated = sum(p.numel() for p in fused.parameters())
         freqs = args.num_frequencies or task_frequencies(task)
-        for layout in LAYOUTS:
+        # FiLM is counted for the shared layouts only: with one MLP per tensor it adds values
+        # without telling anything apart.
+        rows = [(layout, "none") for layout in LAYOUTS] + [(layout, m) for layout in LAYOUTS[1:] for m in MODULATIONS[1:]]
+        for layout, modulation in rows:
             cells = []
             for hidden, depth in sizes:
-                config = {"num_frequencies": freqs, "hidden": hidden, "depth": depth, "layout": layout}
+                config = {"num_frequencies": freqs, "hidden": hidden, "depth": depth, "layout": layout, "modulation": modulation}
                 count = inr_parameter_count(config, spec)
                 if args.check:
                     built = sum(p.numel() for p in NeuMetaINR(spec, **config).parameters())
                     if built != count:
-                        raise SystemExit(f"{label} {layout} {hidden}x{depth}: formula {count:,} != module {built:,}")
+                        raise SystemExit(f"{label} {layout}/{modulation} {hidden}x{depth}: formula {count:,} != module {built:,}")
                 cells.append(f"{count:,} ({count / own:.2f}x)")
             mlps = len(set(mlp_keys(spec, layout)))
-            print(f"| {label} | {own:,} | {generated:,} | {freqs} | {layout} | {mlps} | " + " | ".join(cells) + " |")
+            print(f"| {label} | {own:,} | {generated:,} | {freqs} | {layout} | {modulation} | {mlps} | " + " | ".join(cells) + " |")
     print()
     print("(ratio: INR parameters / the network's own parameters with BN)")
     if args.check:

@@ -60,20 +60,31 @@ class ResidualMLP(nn.Module):
         self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
         self.out = nn.Linear(hidden, out_features)
 
-    def forward(self, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
-        """``film``: ``(rows or 1, depth + 1, 2, hidden)``, a scale (as 1 + value) and a shift of
-        the hidden state after the input layer and after each block; zeros leave it unchanged."""
+    def forward(
+        self, x: torch.Tensor, film: torch.Tensor | None = None, sizes: list[int] | None = None
+    ) -> torch.Tensor:
+        """``film``: ``(segments, depth + 1, 2, hidden)``, a scale (as 1 + value) and a shift of
+        the hidden state after the input layer and after each block; zeros leave it unchanged.
+        One segment applies to every row; with several, ``sizes`` gives each segment's rows (the
+        rows of one tensor in a call that holds several)."""
         # Pre-activation residual blocks: a block adds a signed update. Adding ReLU outputs instead
         # makes every hidden unit positive and growing with depth, so all coordinates share one
         # dominant feature direction and gradient steps mostly shift every weight together.
-        h = self.inp(x)
-        if film is not None:
-            h = torch.addcmul(film[:, 0, 1], h, 1.0 + film[:, 0, 0])
+        h = _modulate(self.inp(x), film, 0, sizes)
         for k, block in enumerate(self.blocks, start=1):
-            h = h + block(torch.relu(h))
-            if film is not None:
-                h = torch.addcmul(film[:, k, 1], h, 1.0 + film[:, k, 0])
+            h = _modulate(h + block(torch.relu(h)), film, k, sizes)
         return self.out(torch.relu(h))
+
+
+def _modulate(h: torch.Tensor, film: torch.Tensor | None, k: int, sizes: list[int] | None) -> torch.Tensor:
+    """FiLM of hidden layer ``k``, applied segment by segment: a per-row copy of the scales would
+    cost ``(depth + 1) * 2 * hidden`` floats per coordinate, and its backward pass a scatter-add."""
+    if film is None:
+        return h
+    if sizes is None or len(sizes) == 1:
+        return torch.addcmul(film[:, k, 1], h, 1.0 + film[:, k, 0])
+    parts = h.split(sizes)
+    return torch.cat([torch.addcmul(f[k, 1], part, 1.0 + f[k, 0]) for f, part in zip(film, parts)])
 
 
 def mlp_keys(spec: MorphSpec, layout: str) -> list[tuple]:
@@ -290,16 +301,12 @@ class NeuMetaINR(nn.Module):
             normalise(x, self.spec.norm, self.config["centred"], None if self.config["size_inputs"] else self._full_sizes(i))
             for i, x in zip(tensors, noisy)
         ]
-        film = None
-        if self.film is not None:  # one row per coordinate: a call may hold several tensors
-            film = self.film[tensors[0]][None] if len(tensors) == 1 else self.film[tensors].repeat_interleave(
-                torch.tensor(sizes, device=self.film.device), dim=0
-            )
+        film = None if self.film is None else self.film[tensors]  # one segment per tensor
         total = None
         for k in range(samples):
             batch = [x[k * n : (k + 1) * n] for x, n in zip(inputs, sizes)]
             coords = batch[0] if len(batch) == 1 else torch.cat(batch)
-            out = mlp(self.features(coords), film)
+            out = mlp(self.features(coords), film, sizes)
             total = out if total is None else total + out
         out = {}
         for i, part in zip(tensors, (total,) if len(tensors) == 1 else total.split(sizes)):
