@@ -74,7 +74,8 @@ def main() -> None:
         freqs = args.num_frequencies or task_frequencies(task)
         # FiLM is counted for the shared layouts only: with one MLP per tensor it adds values
         # without telling anything apart.
-        rows = [(layout, "none") for layout in LAYOUTS] + [(layout, m) for layout in LAYOUTS[1:] for m in MODULATIONS[1:]]
+        shared = [layout for layout in LAYOUTS if layout != "per_tensor"]
+        rows = [(layout, "none") for layout in LAYOUTS] + [(layout, m) for layout in shared for m in MODULATIONS if m != "none"]
         for layout, modulation in rows:
             cells = []
             for hidden, depth in sizes:
