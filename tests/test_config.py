@@ -34,6 +34,18 @@ def test_the_resnet56_task_trains_with_the_whole_resnet20_recipe():
             assert getattr(getattr(r56, section), key) == getattr(getattr(r20, section), key), f"{section}.{key}"
 
 
+def test_the_resnet56_run_on_the_cifar10_subset_copies_the_resnet56_task():
+    # conf/runs/cifar10_subset_r56.yml stands in for cifar100_r56_full in docs/results.md, so the
+    # network, morphing, INR and similarity values it sets must be that task's.
+    run = yaml.safe_load((CONF.parent / "runs" / "cifar10_subset_r56.yml").read_text())["run"]
+    r56 = _params("cifar100_r56_full")
+    (overrides,) = run["params"].values()
+    assert overrides.keys() == {"model", "morph", "inr", "similarity"}
+    for section, values in overrides.items():
+        for key, value in values.items():
+            assert value == r56[section][key], f"{section}.{key}: {value!r} here, {r56[section][key]!r} in cifar100_r56_full"
+
+
 @pytest.mark.parametrize(
     "path, value, message",
     [
