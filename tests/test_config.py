@@ -36,12 +36,13 @@ def test_the_resnet56_task_trains_with_the_whole_resnet20_recipe():
 
 def test_the_resnet56_run_on_the_cifar10_subset_copies_the_resnet56_task():
     # conf/runs/cifar10_subset_r56.yml stands in for cifar100_r56_full in docs/results.md, so the
-    # network, morphing, INR and similarity values it sets must be that task's. Of the budgets it
-    # sets only the pretraining epochs, which a ResNet56 needs more of than the ResNet20.
+    # network, morphing, INR, similarity and distillation-baseline values it sets must be that
+    # task's. Of the budgets it sets only the pretraining epochs, which a ResNet56 needs more of
+    # than the ResNet20.
     run = yaml.safe_load((CONF.parent / "runs" / "cifar10_subset_r56.yml").read_text())["run"]
     r56 = _params("cifar100_r56_full")
     (overrides,) = run["params"].values()
-    assert overrides.keys() == {"model", "pretrain", "morph", "inr", "similarity"}
+    assert overrides.keys() == {"model", "pretrain", "morph", "inr", "similarity", "baselines"}
     assert overrides.pop("pretrain").keys() == {"epochs"}
     for section, values in overrides.items():
         for key, value in values.items():
