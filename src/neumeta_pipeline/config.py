@@ -19,7 +19,7 @@ from .neumeta.inr import LAYOUTS, MODULATIONS, NOISE_SCALINGS
 from .neumeta.permute import OBJECTIVES
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
 from .neumeta.tasks import KINDS
-from .neumeta.train import WIDTH_SAMPLING
+from .neumeta.train import RECONSTRUCTION_SCHEDULES, WIDTH_SAMPLING
 
 
 class ConfigError(UserError):
@@ -275,6 +275,9 @@ class INRParams(_Section):
 class TrainINRParams(FitParams):
     reconstruction_steps: int = Field(0, ge=0, description="reconstruction-only warm start before the main loop")
     reconstruction_lr: float = Field(1e-3, gt=0.0)
+    reconstruction_schedule: Literal[RECONSTRUCTION_SCHEDULES] = Field(  # type: ignore[valid-type]
+        "constant", description="the warm start's learning rate: constant, or cosine (decayed to zero over the steps)"
+    )
     coord_noise: float = Field(1.0, ge=0.0)
     lambda_recon: float = Field(1.0, ge=0.0)
     recon_share: float = Field(

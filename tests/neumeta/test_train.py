@@ -9,7 +9,7 @@ from neumeta_pipeline.neumeta.inr import NeuMetaINR
 from neumeta_pipeline.neumeta.metrics import accuracy
 from neumeta_pipeline.neumeta.morph import MorphSpec
 from neumeta_pipeline.neumeta.resume import ResumeFile
-from neumeta_pipeline.neumeta.train import FitConfig, NeuMetaLoss, task_objective, fit, seed_everything
+from neumeta_pipeline.neumeta.train import FitConfig, NeuMetaLoss, fit, fit_reconstruction, seed_everything, task_objective
 
 
 def _blobs(n=256, seed=0):
@@ -222,3 +222,32 @@ def test_active_tensors_alone_are_generated_trained_and_narrowed():
     loss.backward()
     inr = loss_fn.inr
     assert [mlp.out.weight.grad is not None for mlp in inr.mlps] == [t.name.startswith("conv1.") for t in inr.spec.tensors]
+
+
+
+def _warm_start_rates(schedule: str, monkeypatch, steps: int = 4) -> tuple[list[float], list[float]]:
+    """The learning rate of every warm-start step of a LeNet INR, and the losses."""
+    rates, step = [], torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    generator = seed_everything(0)
+    target = build_model("lenet", width=4).eval()
+    spec = MorphSpec(target, torch.zeros(1, 1, 28, 28))
+    inr = NeuMetaINR(spec, num_frequencies=4, hidden=16, depth=1)
+    losses = fit_reconstruction(inr, target.state_dict(), steps, 1e-2, 1.0, generator, schedule)
+    return rates, losses
+
+
+def test_the_warm_start_keeps_its_rate_or_decays_it_along_a_cosine(monkeypatch):
+    constant, constant_losses = _warm_start_rates("constant", monkeypatch)
+    assert constant == [1e-2] * 4
+    cosine, cosine_losses = _warm_start_rates("cosine", monkeypatch)
+    assert cosine == pytest.approx([1e-2, 1e-2 * (1 + 2**-0.5) / 2, 1e-2 / 2, 1e-2 * (1 - 2**-0.5) / 2])
+    # Both take the first step at 1e-2, so the losses part only after the second step's update.
+    assert cosine_losses[:2] == constant_losses[:2] and cosine_losses[2] != constant_losses[2]
+    with pytest.raises(ValueError, match="unknown reconstruction schedule 'linear'"):
+        fit_reconstruction(None, {}, 1, 1e-3, 0.0, None, "linear")

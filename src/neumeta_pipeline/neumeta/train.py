@@ -271,6 +271,9 @@ def task_objective(model: nn.Module, kind: TaskKind = TaskKind()) -> Callable:
     return objective
 
 
+RECONSTRUCTION_SCHEDULES = ("constant", "cosine")
+
+
 def fit_reconstruction(
     inr: NeuMetaINR,
     reference: dict[str, torch.Tensor],
@@ -278,18 +281,28 @@ def fit_reconstruction(
     lr: float,
     noise: float,
     generator: torch.Generator,
+    schedule: str = "constant",
 ) -> list[float]:
     """Warm start: fit the INR to the full-width (permuted, fused) weights alone, no data needed.
 
     The task loss through a freshly initialised INR trains slowly (hundreds of epochs in the
     paper); starting from an INR that already reproduces the pretrained network lets a short run
     spend its steps on the narrower widths. Returns the loss every step.
+
+    ``schedule``: ``constant`` keeps ``lr`` throughout; ``cosine`` decays it to zero over the steps.
+    With coordinate noise every step fits a different jitter of the coordinates, so at a constant
+    rate the error stops falling at a floor set by the step size; a decaying rate settles lower.
     """
+    if schedule not in RECONSTRUCTION_SCHEDULES:
+        raise ValueError(f"unknown reconstruction schedule {schedule!r}; choose from {RECONSTRUCTION_SCHEDULES}")
     params = inr.generator_parameters()
     optimizer = torch.optim.Adam(params, lr=lr, fused=fused_supported(params))
     full = inr.spec.widths(0.0)
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
+        if schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
         loss = inr.standardised_error(inr.generate(full, noise=noise, generator=generator, raw=True), reference)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -279,7 +279,8 @@ def _train_inr(
         else:
             start = time.perf_counter()
             warm = fit_reconstruction(
-                hyper, loss.reference, train_p.reconstruction_steps, train_p.reconstruction_lr, train_p.coord_noise, generator
+                hyper, loss.reference, train_p.reconstruction_steps, train_p.reconstruction_lr, train_p.coord_noise, generator,
+                train_p.reconstruction_schedule,
             )
             warm_seconds = time.perf_counter() - start
             if warm:
