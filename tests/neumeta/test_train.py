@@ -224,7 +224,6 @@ def test_active_tensors_alone_are_generated_trained_and_narrowed():
     assert [mlp.out.weight.grad is not None for mlp in inr.mlps] == [t.name.startswith("conv1.") for t in inr.spec.tensors]
 
 
-
 def _warm_start_rates(schedule: str, monkeypatch, steps: int = 4) -> tuple[list[float], list[float]]:
     """The learning rate of every warm-start step of a LeNet INR, and the losses."""
     rates, step = [], torch.optim.Adam.step
