@@ -98,6 +98,11 @@ def fused_supported(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
+def cosine_decay(done: int, total: int) -> float:
+    """The factor on the base learning rate after ``done`` of ``total`` steps: 1 down to 0 along a cosine."""
+    return 0.5 * (1.0 + math.cos(math.pi * done / total))
+
+
 def fit(
     module: nn.Module,
     objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
@@ -143,7 +148,7 @@ def fit(
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return cosine_decay(step - warmup, max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = None
@@ -303,7 +308,7 @@ def fit_reconstruction(
     for step in range(steps):
         if schedule == "cosine":
             for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+                group["lr"] = lr * cosine_decay(step, steps)
         loss = inr.standardised_error(inr.generate(full, noise=noise, generator=generator, raw=True), reference)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
