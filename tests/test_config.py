@@ -72,6 +72,7 @@ def test_the_resnet56_run_on_the_cifar10_subset_copies_the_resnet56_task():
         (("permute", "objective"), "bn_folded", "permute.objective"),
         (("inr", "layout"), "per_layer", "inr.layout"),
         (("inr", "modulation"), "affine", "inr.modulation"),
+        (("inr", "base"), "pretrained", "inr.base"),
         (("morph", "narrowing"), "last", "morph.narrowing"),
         (("inr", "layuot"), "per_kind", "inr.layuot"),  # a typo of the new key is an error too
         (("distributed",), {"nproc_per_node": 0}, "distributed.nproc_per_node"),
@@ -100,6 +101,17 @@ def test_copying_a_predecessor_block_needs_per_tensor_mlps():
     with pytest.raises(ValueError, match="set train_inr.block_init: keep or inr.layout: per_tensor"):
         validate_task("mnist_offline", params)
     params["train_inr"]["block_init"] = "keep"
+    validate_task("mnist_offline", params)
+
+
+def test_a_base_refuses_a_warm_start_that_would_fit_nothing():
+    params = _params("mnist_offline")
+    params["inr"]["base"] = "frozen"
+    steps = params["train_inr"]["reconstruction_steps"]
+    assert steps > 0  # the shipped warm start
+    with pytest.raises(ValueError, match=f"train_inr.reconstruction_steps {steps} would fit nothing: set reconstruction_steps: 0"):
+        validate_task("mnist_offline", params)
+    params["train_inr"]["reconstruction_steps"] = 0
     validate_task("mnist_offline", params)
 
 

@@ -15,7 +15,7 @@ from .baselines.pruning import IMPORTANCES
 from .data import DEVICE_AUGMENTATIONS, SEGMENTATION_SOURCES, SOURCES, STREAMED_SOURCE
 from .errors import UserError
 from .models import MODELS
-from .neumeta.inr import LAYOUTS, MODULATIONS, NOISE_SCALINGS
+from .neumeta.inr import BASES, LAYOUTS, MODULATIONS, NOISE_SCALINGS
 from .neumeta.permute import OBJECTIVES
 from .neumeta.permute import SOLVERS as SOLVERS_TSP
 from .neumeta.tasks import KINDS
@@ -270,6 +270,11 @@ class INRParams(_Section):
         [], description="generated modules whose output gets one learnable scale (the last conv of a residual branch: SkipInit)"
     )
     branch_scale_init: float = Field(1.0, description="1 keeps the pretrained function; 0 starts each branch switched off (SkipInit)")
+    base: Literal[BASES] = Field(  # type: ignore[valid-type]
+        "none",
+        description="none: the MLPs' values are the weights (the paper); frozen: they correct a stored copy of the pretrained "
+        "generated tensors, narrowed by morph.narrowing; trained: that copy is also trained, shared by every width",
+    )
 
 
 class TrainINRParams(FitParams):
@@ -501,6 +506,17 @@ class TaskParams(_Section):
                 f"train_inr.validation_compressions {outside} lie outside morph.compression_range "
                 f"{list(self.morph.compression_range)}: the "
                 f"epoch would be chosen on widths reported as never trained; validate within the trained range"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _base_needs_no_warm_start(self) -> TaskParams:
+        # With a base the INR starts as the pretrained network, so a warm start would spend its
+        # steps on a loss that is already zero.
+        if self.inr.base != "none" and self.train_inr.reconstruction_steps > 0:
+            raise ValueError(
+                f"inr.base {self.inr.base!r} starts the INR at the pretrained weights, so train_inr.reconstruction_steps "
+                f"{self.train_inr.reconstruction_steps} would fit nothing: set reconstruction_steps: 0"
             )
         return self
 

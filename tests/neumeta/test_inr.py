@@ -5,7 +5,7 @@ from neumeta_pipeline.models import build_model
 from neumeta_pipeline.neumeta.coords import add_noise, normalise, raw_coordinates
 from neumeta_pipeline.neumeta import inr as inr_module
 from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
-from neumeta_pipeline.neumeta.inr import LAYOUTS, MODULATIONS, FourierFeatures, NeuMetaINR, inr_parameter_count
+from neumeta_pipeline.neumeta.inr import BASES, LAYOUTS, MODULATIONS, FourierFeatures, NeuMetaINR, inr_parameter_count
 from neumeta_pipeline.neumeta.morph import MorphSpec, blocks, generated_modules, shared_parameters
 
 X = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # not the global RNG: order-free
@@ -164,6 +164,43 @@ def test_shared_tensors_and_branch_scales_are_counted_sliced_and_scaled(layout):
     assert spec.run(model, widths, weights, torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="shared: 'layer3.0.conv1' matches none"):
         shared_parameters(model, spec, ["layer3.0.conv1"])  # generated, so it cannot be shared
+
+
+@pytest.mark.parametrize("narrowing", ["first", "cells"])
+@pytest.mark.parametrize("base", ["frozen", "trained"])
+def test_a_base_starts_every_width_as_the_narrowed_reference_and_is_stored(base, narrowing):
+    model = build_model("resnet20").eval()  # BatchNorm kept, so the base is what the INR generates
+    spec = MorphSpec(model, torch.zeros(1, 3, 32, 32), ["layer2.*.conv1", "layer2.*.conv2"], ["layer2.*.conv1"], narrowing=narrowing)
+    config = {"num_frequencies": 3, "hidden": 8, "depth": 1, "base": base}
+    inr = NeuMetaINR(spec, **config, reference=model.state_dict())
+    generated = sum(t.numel() for name, t in model.state_dict().items() if name in {t.name for t in spec.tensors})
+    assert inr_parameter_count(config, spec) == sum(p.numel() for p in inr.parameters())
+    assert inr_parameter_count(config, spec) == inr_parameter_count({**config, "base": "none"}, spec) + generated
+    reference = {t.name: model.state_dict()[t.name] for t in spec.tensors}
+    for gamma in (0.0, 0.5):
+        widths = spec.widths(gamma)
+        weights = inr.generate(widths, noise=1.0, samples=2, generator=torch.Generator().manual_seed(0))
+        expected = spec.narrow(reference, widths)
+        assert weights.keys() == expected.keys()
+        for name, value in weights.items():
+            torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+    # A step moves the MLPs away from zero; only a trained base changes with them.
+    optimizer = torch.optim.SGD([p for p in inr.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):  # the first step moves only the zeroed last layers
+        optimizer.zero_grad()
+        sum(w.square().sum() for w in inr.generate(spec.widths(0.5)).values()).backward()
+        optimizer.step()
+    moved = [not torch.equal(copy, reference[t.name]) for copy, t in zip(inr.base, spec.tensors)]
+    assert all(moved) if base == "trained" else not any(moved)
+    full = inr.generate(spec.widths(0.0), raw=True)
+    assert any(not torch.equal(full[name], reference[name]) for name in full)
+    # Rebuilt from its config and state (as a checkpoint is sampled), the INR generates the same tensors.
+    rebuilt = NeuMetaINR(spec, **inr.config)
+    rebuilt.load_state_dict(inr.state_dict())
+    for name, value in rebuilt.generate(spec.widths(0.5)).items():
+        torch.testing.assert_close(value, inr.generate(spec.widths(0.5))[name])
+    with pytest.raises(ValueError, match="unknown base 'pretrained'"):
+        NeuMetaINR(spec, num_frequencies=3, hidden=8, depth=1, base="pretrained")
 
 
 def test_copy_block_copies_mlps_within_a_stage_only():

@@ -13,6 +13,13 @@ MLP by its clean index in the spec, never by a (noisy) coordinate.
 ``modulation: film`` gives every generated tensor a learned scale and shift of each hidden layer of
 its MLP (FiLM), so tensors that share an MLP need not be told apart by the layer coordinate alone:
 ``(depth + 1) * 2 * hidden`` stored values per tensor, a small share of an MLP.
+
+``base: frozen`` or ``trained`` makes the MLPs' values a correction: each generated tensor is a
+stored full-width copy of the reference (pretrained) tensor, narrowed to the width the way the
+spec narrows the tensors it does not generate (``morph.narrowing``), plus the INR's values there.
+The MLPs start at zero, so every width starts as the narrowed reference network and the full width
+as the reference itself; ``trained`` also trains the copy, shared by every width. Either stores
+the generated tensors beside the MLPs.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from .morph import MorphSpec, TensorSpec
 LAYOUTS = ("per_tensor", "per_kind", "per_shape")
 MODULATIONS = ("none", "film")
 NOISE_SCALINGS = ("width", "fixed")
+BASES = ("none", "frozen", "trained")
 
 # Coordinates per MLP call when tensors share an MLP: small tensors (biases, the classifier, narrow
 # convs) are evaluated together, which cuts the number of calls (ResNet56 per_kind: 116 tensors,
@@ -117,7 +125,8 @@ def inr_parameter_count(config: dict, spec: MorphSpec) -> int:
     mlps = sum(mlp_parameters(in_features, hidden, depth, out) for out in outputs.values())
     shared = sum(math.prod(shape) for shape in (config.get("shared") or {}).values())
     film = len(spec.tensors) * (depth + 1) * 2 * hidden if config.get("modulation", "none") == "film" else 0
-    return mlps + film + shared + len(config.get("branch_scale") or ())
+    base = sum(math.prod(t.full_shape) for t in spec.tensors) if config.get("base", "none") != "none" else 0
+    return mlps + film + shared + base + len(config.get("branch_scale") or ())
 
 
 class NeuMetaINR(nn.Module):
@@ -138,6 +147,7 @@ class NeuMetaINR(nn.Module):
         branch_scale: list[str] | tuple[str, ...] = (),
         branch_scale_init: float = 1.0,
         modulation: str = "none",
+        base: str = "none",
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -145,6 +155,8 @@ class NeuMetaINR(nn.Module):
             raise ValueError(f"unknown noise_scaling {noise_scaling!r}; choose from {NOISE_SCALINGS}")
         if modulation not in MODULATIONS:
             raise ValueError(f"unknown modulation {modulation!r}; choose from {MODULATIONS}")
+        if base not in BASES:
+            raise ValueError(f"unknown base {base!r}; choose from {BASES}")
         shared = {name: [int(n) for n in shape] for name, shape in (shared or {}).items()}
         unknown = sorted(set(branch_scale) - set(spec.generated_modules))
         if unknown:
@@ -153,7 +165,7 @@ class NeuMetaINR(nn.Module):
             "num_frequencies": num_frequencies, "hidden": hidden, "depth": depth, "layout": layout,
             "centred": centred, "noise_scaling": noise_scaling, "size_inputs": size_inputs,
             "shared": shared, "branch_scale": list(branch_scale), "branch_scale_init": branch_scale_init,
-            "modulation": modulation,
+            "modulation": modulation, "base": base,
         }
         self.features = FourierFeatures(num_frequencies)
         keys = mlp_keys(spec, layout)
@@ -180,8 +192,24 @@ class NeuMetaINR(nn.Module):
             for i, t in enumerate(spec.tensors):
                 target = self.scaled_target(t.name, reference[t.name].detach().float().cpu())
                 shift[i], scale[i] = target.mean(), target.std().clamp_min(1e-8) if target.numel() > 1 else 1.0
+        if base != "none":
+            # The MLPs predict a correction of the stored copy below: centred on zero, and zero at
+            # the start (their last layers zeroed), so training begins from the reference network.
+            shift.zero_()
+            for mlp in self.mlps:
+                nn.init.zeros_(mlp.out.weight)
+                nn.init.zeros_(mlp.out.bias)
         self.register_buffer("out_shift", shift)
         self.register_buffer("out_scale", scale)
+        # The base: a full-width copy of every generated tensor (empty without one, so checkpoints
+        # from before the option load). Frozen, it is stored but never trained.
+        self.base = nn.ParameterList(
+            nn.Parameter(
+                reference[t.name].detach().float().cpu().clone() if reference is not None else torch.zeros(t.full_shape),
+                requires_grad=base == "trained",
+            )
+            for t in (spec.tensors if base != "none" else ())
+        )
         # Tensors of the network trained directly, shared by every width (e.g. the classifier): a
         # full-width copy, sliced like any frozen tensor. They start from the reference network.
         self.shared_names = list(shared)
@@ -212,8 +240,9 @@ class NeuMetaINR(nn.Module):
         share an MLP go through it together, in calls of up to ``CALL_ROWS`` coordinates per
         sample; a per_tensor INR makes one call per tensor, as before. With ``trained`` given, only
         those tensors keep an autograd graph; with ``only``, only those tensors are generated.
-        ``raw``: the MLPs' values alone (no branch scales, no shared tensors), as reconstruction
-        compares them with the reference weights."""
+        ``raw``: the generated tensors alone (the MLPs' values, on the narrowed base if there is
+        one; no branch scales, no shared tensors), as reconstruction compares them with the
+        reference weights."""
         device = self.features.freqs.device
         grad = torch.is_grad_enabled()
         tensors = [(i, t) for i, t in enumerate(self.spec.tensors) if only is None or t.name in only]
@@ -249,6 +278,11 @@ class NeuMetaINR(nn.Module):
             if rows[key] >= CALL_ROWS or left[key] == 0:
                 flush(key)
         weights = {t.name: self._to_layout(t, widths, values[i]) for i, t in tensors}
+        if len(self.base):
+            # Tensors outside ``trained`` keep no graph through their copy either.
+            copies = {t.name: self.base[i] if trained is None or t.name in trained else self.base[i].detach() for i, t in tensors}
+            narrowed = self.spec.narrow(copies, widths)
+            weights = {name: narrowed[name] + value for name, value in weights.items()}
         return weights if raw else self.complete(widths, weights)
 
     def generator_parameters(self) -> list[nn.Parameter]:
