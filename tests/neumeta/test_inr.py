@@ -5,7 +5,7 @@ from neumeta_pipeline.models import build_model
 from neumeta_pipeline.neumeta.coords import add_noise, normalise, raw_coordinates
 from neumeta_pipeline.neumeta import inr as inr_module
 from neumeta_pipeline.neumeta.fuse import fuse_batchnorm
-from neumeta_pipeline.neumeta.inr import BASES, LAYOUTS, MODULATIONS, FourierFeatures, NeuMetaINR, inr_parameter_count
+from neumeta_pipeline.neumeta.inr import LAYOUTS, MODULATIONS, FourierFeatures, NeuMetaINR, inr_parameter_count
 from neumeta_pipeline.neumeta.morph import MorphSpec, blocks, generated_modules, shared_parameters
 
 X = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # not the global RNG: order-free
