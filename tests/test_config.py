@@ -115,6 +115,15 @@ def test_a_base_refuses_a_warm_start_that_would_fit_nothing():
     validate_task("mnist_offline", params)
 
 
+def test_the_sandwich_rule_needs_a_sampled_width_beside_full_and_narrowest():
+    params = _params("mnist_offline")
+    params["train_inr"].update(sandwich=True, widths_per_step=2)
+    with pytest.raises(ValueError, match="set train_inr.widths_per_step to 3 or more \\(it is 2\\)"):
+        validate_task("mnist_offline", params)
+    params["train_inr"]["widths_per_step"] = 3
+    validate_task("mnist_offline", params)
+
+
 def test_a_cached_teacher_needs_distillation_and_images_as_stored():
     params = _params("mnist_offline")  # classification, distillation on, no augmentation
     params["train_inr"]["teacher_cache"] = True

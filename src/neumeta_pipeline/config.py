@@ -294,6 +294,9 @@ class TrainINRParams(FitParams):
         "continuous", description="continuous: a uniform compression, rounded (the paper); uniform: each width configuration equally often"
     )
     widths_per_step: int = Field(1, ge=1, description="width configurations per step (the first the full width when > 1)")
+    sandwich: bool = Field(
+        False, description="the narrowest width of the range in every step, second after the full width (needs widths_per_step >= 3)"
+    )
     lambda_kd: float = Field(0.0, ge=0.0, description="distillation from the full-width network's outputs at narrower widths")
     kd_temperature: float = Field(1.0, gt=0.0)
     teacher_cache: bool = Field(
@@ -517,6 +520,16 @@ class TaskParams(_Section):
             raise ValueError(
                 f"inr.base {self.inr.base!r} starts the INR at the pretrained weights, so train_inr.reconstruction_steps "
                 f"{self.train_inr.reconstruction_steps} would fit nothing: set reconstruction_steps: 0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sandwich_keeps_a_sampled_width(self) -> TaskParams:
+        # Full and narrowest alone would never train the widths between them.
+        if self.train_inr.sandwich and self.train_inr.widths_per_step < 3:
+            raise ValueError(
+                f"train_inr.sandwich trains the full and the narrowest width in every step and needs one sampled width "
+                f"beside them: set train_inr.widths_per_step to 3 or more (it is {self.train_inr.widths_per_step})"
             )
         return self
 

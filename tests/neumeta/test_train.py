@@ -165,6 +165,24 @@ def test_several_widths_per_step_start_at_full_width_and_distillation_adds_its_t
     assert torch.isclose(loss, logs["task"] + logs["recon"] + 1e-4 * logs["reg"] + 0.5 * logs["kd"])
 
 
+@pytest.mark.parametrize("sampling", ["continuous", "uniform"])
+def test_the_sandwich_rule_trains_full_then_narrowest_then_sampled_widths(monkeypatch, sampling):
+    # LeNet-8 at compression 0.25-0.5: conv1's narrowest width in the range is 4 (of 8).
+    loss_fn = _loss_fn(8, (0.25, 0.5), width_sampling=sampling, widths_per_step=4, sandwich=True)
+    seen, generate = [], loss_fn.inr.generate
+    monkeypatch.setattr(loss_fn.inr, "generate", lambda widths, **kw: seen.append(dict(widths)) or generate(widths, **kw))
+    x, y = next(DeviceData(_blobs(16), "train", "cpu").batches(16))
+    sampled = []
+    for _ in range(20):
+        seen.clear()
+        loss_fn(x, y)
+        assert len(seen) == 4 and seen[0] == loss_fn.full and seen[1] == loss_fn.narrowest
+        sampled += [w["conv1"] for w in seen[2:]]
+    assert loss_fn.narrowest["conv1"] == 4 and set(sampled) == {4, 5, 6}  # the sampled ones still cover the range
+    with pytest.raises(ValueError, match="sandwich needs widths_per_step >= 3"):
+        _loss_fn(8, (0.25, 0.5), widths_per_step=2, sandwich=True)
+
+
 def test_cached_teacher_outputs_give_the_same_step_without_the_teacher_pass():
     x, y = next(DeviceData(_blobs(32), "train", "cpu").batches(32))
 

@@ -329,7 +329,10 @@ class NeuMetaLoss:
     group's width (the two edge widths of the range come up half as often as the others);
     ``uniform`` draws the narrowest group's width uniformly among its integer values in the range,
     the other groups at the same compression, as the authors' code draws h for LeNet. ``widths_per_step`` > 1 averages the task loss over that many configurations per
-    step, the first always the full width (gradient accumulation over widths).
+    step, the first always the full width (gradient accumulation over widths). ``sandwich`` makes
+    the second the narrowest configuration of the range, in every step (the "sandwich rule" of
+    universally slimmable networks): drawn uniformly among n widths it would train in one step of n
+    (n = 13 for ResNet20's inner widths 4-16), where a network trained for that width gets them all.
 
     ``active`` (block-wise training) limits the INR to a subset of the generated tensors: the
     others keep the reference weights, and only the channel groups the active tensors touch morph.
@@ -364,10 +367,13 @@ class NeuMetaLoss:
     batch_stats: bool = False  # the target keeps BatchNorm: generated networks normalise with batch statistics
     kind: TaskKind = TaskKind()  # the task loss and distillation term (classification or segmentation)
     recon_share: float = 1.0  # share of steps that add the reconstruction term
+    sandwich: bool = False  # the narrowest configuration of the range in every step, after the full width
 
     def __post_init__(self) -> None:
         if self.width_sampling not in WIDTH_SAMPLING:
             raise ValueError(f"unknown width_sampling {self.width_sampling!r}; use one of {WIDTH_SAMPLING}")
+        if self.sandwich and self.widths_per_step < 3:
+            raise ValueError(f"sandwich needs widths_per_step >= 3 (full, narrowest, sampled), got {self.widths_per_step}")
         if not 0.0 < self.recon_share <= 1.0:
             raise ValueError(f"recon_share must be in (0, 1], got {self.recon_share}")
         self.full = self.spec.widths(0.0)
@@ -379,6 +385,8 @@ class NeuMetaLoss:
         smallest = min(self.spec.full_widths.values(), default=1)
         low_w, high_w = max(1, round((1.0 - high) * smallest)), round((1.0 - low) * smallest)
         self.configurations = [self.spec.widths(1.0 - w / smallest) for w in range(low_w, high_w + 1)]
+        # The narrowest configuration the sampling can draw.
+        self.narrowest = self.configurations[0] if self.width_sampling == "uniform" else self.spec.widths(high)
 
     def sample_widths(self) -> dict[str, int]:
         if self.width_sampling == "uniform":
@@ -415,7 +423,7 @@ class NeuMetaLoss:
         return torch.cat([self.target(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        configurations = [self.full] * (self.widths_per_step > 1)
+        configurations = [self.full] * (self.widths_per_step > 1) + [self.restrict(self.narrowest)] * self.sandwich
         configurations += [self.sample_widths() for _ in range(self.widths_per_step - len(configurations))]
         trained = None
         if self.tensor_fraction < 1.0:

@@ -237,7 +237,7 @@ def _train_inr(
         hyper, target, spec, tuple(morph_p.compression_range), train_p.coord_noise,
         train_p.lambda_recon, train_p.lambda_reg, widths_generator, train_p.tensor_fraction,
         train_p.width_sampling, train_p.widths_per_step, train_p.lambda_kd, train_p.kd_temperature,
-        batch_stats=keeps_batchnorm, kind=task_kind(splits), recon_share=train_p.recon_share,
+        batch_stats=keeps_batchnorm, kind=task_kind(splits), recon_share=train_p.recon_share, sandwich=train_p.sandwich,
     )
     train, val = split_data(splits, "train", dev), split_data(splits, "val", dev)
     calibration = first_images(train, morph_p.calibration_images) if keeps_batchnorm else None
