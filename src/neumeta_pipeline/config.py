@@ -317,6 +317,16 @@ class TrainINRParams(FitParams):
     def _compressions(cls, value: list[float]) -> list[float]:
         return [_check_compression(v) for v in value]
 
+    @model_validator(mode="after")
+    def _sandwich_keeps_a_sampled_width(self) -> TrainINRParams:
+        # Full and narrowest alone would never train the widths between them.
+        if self.sandwich and self.widths_per_step < 3:
+            raise ValueError(
+                f"train_inr.sandwich trains the full and the narrowest width in every step and needs one sampled width "
+                f"beside them: set train_inr.widths_per_step to 3 or more (it is {self.widths_per_step})"
+            )
+        return self
+
 
 class SampleParams(_Section):
     compressions: list[float] = Field(min_length=1)
@@ -520,16 +530,6 @@ class TaskParams(_Section):
             raise ValueError(
                 f"inr.base {self.inr.base!r} starts the INR at the pretrained weights, so train_inr.reconstruction_steps "
                 f"{self.train_inr.reconstruction_steps} would fit nothing: set reconstruction_steps: 0"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _sandwich_keeps_a_sampled_width(self) -> TaskParams:
-        # Full and narrowest alone would never train the widths between them.
-        if self.train_inr.sandwich and self.train_inr.widths_per_step < 3:
-            raise ValueError(
-                f"train_inr.sandwich trains the full and the narrowest width in every step and needs one sampled width "
-                f"beside them: set train_inr.widths_per_step to 3 or more (it is {self.train_inr.widths_per_step})"
             )
         return self
 
